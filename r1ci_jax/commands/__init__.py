@@ -1,0 +1,1 @@
+"""Subcommands of the `r1ci` CLI, one module per group."""
