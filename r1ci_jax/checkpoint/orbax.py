@@ -59,8 +59,11 @@ def load_params(path: str | os.PathLike, mesh: Any = None) -> tuple[Qwen2Config,
         else:
             from r1ci_jax.sharding import param_shardings
             shardings = param_shardings(config, mesh)
-            target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                                  tree_meta, shardings)
+            # Orbax's metadata tree has its own container types: match leaves by key path.
+            by_path = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree_meta)[0]}
+            target = jax.tree_util.tree_map_with_path(
+                lambda p, s: jax.ShapeDtypeStruct(by_path[jax.tree_util.keystr(p)].shape,
+                                                  by_path[jax.tree_util.keystr(p)].dtype, sharding=s), shardings)
         params = ckptr.restore(src / PARAMS_DIR, target)
     return config, params
 
