@@ -70,7 +70,7 @@ def test_logits_match_transformers(name, left):
 def test_config_from_hf_reads_head_dim_and_tie():
     _, config, params = _case("gqa2_hd64_odd_hidden")
     assert config.head_dim == 64 and config.hidden_size == 75
-    assert params["layers"]["q"].shape == (2, 75, 2, 64)
+    assert params["layers"]["q"].shape == (2, 2, 64, 75)
     _, tied, tied_params = _case("gqa7_hd16_tied")
     assert tied.tie_word_embeddings and "lm_head" not in tied_params
 

@@ -41,9 +41,9 @@ def test_sharded_forward_equals_unsharded(reference, shape):
     shardings = param_shardings(CONFIG, mesh)
     sharded = shard_params_from_host(jax.tree.map(np.asarray, params), CONFIG, mesh)
     data, fsdp, tensor = shape
-    gate = sharded["layers"]["gate"]  # [L, D, F]: D over fsdp, F over tensor
-    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
-    assert gate.addressable_shards[0].data.shape == (2, 64 // fsdp, 96 // tensor)
+    gate = sharded["layers"]["gate"]  # [L, F, D]: F over tensor, D over fsdp
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
+    assert gate.addressable_shards[0].data.shape == (2, 96 // tensor, 64 // fsdp)
     assert sharded["embed"].addressable_shards[0].data.shape == (128 // tensor, 64 // fsdp)
     fwd = jax.jit(lambda p, t: forward(p, CONFIG, t)[0], in_shardings=(shardings, batch_sharding(mesh)),
                   out_shardings=batch_sharding(mesh, 3))
@@ -82,7 +82,7 @@ def test_rules_from_yaml_change_the_layout(tmp_path):
                                      "rules": [["batch", ["data"]], ["mlp", "tensor"], ["vocab", None]]})
     mesh = make_mesh(cfg.mesh)
     shardings = param_shardings(CONFIG, mesh, cfg.rules)
-    assert shardings["layers"]["gate"].spec == jax.sharding.PartitionSpec(None, None, "tensor")
+    assert shardings["layers"]["gate"].spec == jax.sharding.PartitionSpec(None, "tensor", None)
     assert shardings["embed"].spec == jax.sharding.PartitionSpec(None, None)
     assert shardings["layers"]["q"].spec == jax.sharding.PartitionSpec(None, None, None, None)
 
@@ -100,7 +100,7 @@ def test_bad_mesh_configs(mesh, match):
 
 def test_indivisible_dim_names_param_axis_and_sizes():
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 8})
-    with pytest.raises(ConfigError, match=r"\['layers'\]\['k'\]: dim 2 \(kv_heads=2\) is not divisible by mesh axis tensor=8"):
+    with pytest.raises(ConfigError, match=r"\['layers'\]\['k'\]: dim 1 \(kv_heads=2\) is not divisible by mesh axis tensor=8"):
         param_shardings(CONFIG, mesh)
     with pytest.raises(ConfigError, match="unknown mesh axis 'model'"):
         named_sharding(mesh, ("embed",), rules=[("embed", "model")])
@@ -161,7 +161,7 @@ def test_shipped_mesh_layouts_fit_their_presets(size):
     mesh = make_mesh(cfg.mesh)
     shardings = param_shardings(config, mesh, cfg.rules)  # raises if a dim does not divide
     L, D, F = config.num_layers, config.hidden_size, config.intermediate_size
-    gate = shardings["layers"]["gate"].shard_shape((L, D, F))
-    expected = {"0.5b": (L, D, F), "7b": (L, D // 8, F), "32b": (L, D // 2, F // 4)}
+    gate = shardings["layers"]["gate"].shard_shape((L, F, D))
+    expected = {"0.5b": (L, F, D), "7b": (L, F, D // 8), "32b": (L, F // 4, D // 2)}
     if size in expected:
         assert gate == expected[size]

@@ -20,8 +20,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from r1ci_jax.checkpoint.safetensors_io import SafetensorsFile, SafetensorsFormatError, write_safetensors
 
 from r1ci_jax.models.config import Qwen2Config
 from r1ci_jax.models.qwen2 import param_shapes
@@ -49,34 +48,36 @@ class TensorMap:
 
 
 def tensor_maps(config: Qwen2Config) -> list[TensorMap]:
-    """The complete HF <-> ours name and layout table for `config`."""
+    """The complete HF <-> ours name and layout table for `config`.
+
+    Our weights keep torch's [out, in] order, so every mapping is a reshape (a view).
+    """
     D, H, K, Dh = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
     F, V = config.intermediate_size, config.vocab_size
-    ident = lambda a: a
-    maps = [TensorMap("model.embed_tokens.weight", ("embed",), None, ident, ident, (V, D)),
-            TensorMap("model.norm.weight", ("final_norm",), None, ident, ident, (D,))]
+
+    def same(name: str, path: tuple[str, ...], layer: int | None, shape: tuple[int, ...]) -> TensorMap:
+        return TensorMap(name, path, layer, lambda a: a, lambda a: a, shape)
+
+    def reshaped(name: str, path: tuple[str, ...], layer: int, hf_shape: tuple[int, ...],
+                 our_shape: tuple[int, ...]) -> TensorMap:
+        return TensorMap(name, path, layer, lambda a: a.reshape(our_shape), lambda a: a.reshape(hf_shape), hf_shape)
+
+    maps = [same("model.embed_tokens.weight", ("embed",), None, (V, D)),
+            same("model.norm.weight", ("final_norm",), None, (D,))]
     if not config.tie_word_embeddings:
-        # torch Linear stores [out, in]; we store [in, out].
-        maps.append(TensorMap("lm_head.weight", ("lm_head",), None, lambda a: a.T, lambda a: a.T, (V, D)))
-
-    def proj_in(n: int):  # [n*Dh, D] <-> [D, n, Dh]
-        return (lambda a: a.T.reshape(D, n, Dh), lambda a: a.reshape(D, n * Dh).T, (n * Dh, D))
-
+        maps.append(same("lm_head.weight", ("lm_head",), None, (V, D)))
     for i in range(config.num_layers):
         p = f"model.layers.{i}."
-        for name, ours, n in (("q", "q", H), ("k", "k", K), ("v", "v", K)):
-            fwd, inv, shape = proj_in(n)
-            maps.append(TensorMap(f"{p}self_attn.{name}_proj.weight", ("layers", ours), i, fwd, inv, shape))
-            maps.append(TensorMap(f"{p}self_attn.{name}_proj.bias", ("layers", f"{ours}_bias"), i,
-                                  lambda a, n=n: a.reshape(n, Dh), lambda a, n=n: a.reshape(n * Dh), (n * Dh,)))
+        for name, n in (("q", H), ("k", K), ("v", K)):
+            maps.append(reshaped(f"{p}self_attn.{name}_proj.weight", ("layers", name), i, (n * Dh, D), (n, Dh, D)))
+            maps.append(reshaped(f"{p}self_attn.{name}_proj.bias", ("layers", f"{name}_bias"), i, (n * Dh,), (n, Dh)))
         maps += [
-            TensorMap(f"{p}self_attn.o_proj.weight", ("layers", "o"), i,
-                      lambda a: a.T.reshape(H, Dh, D), lambda a: a.reshape(H * Dh, D).T, (D, H * Dh)),
-            TensorMap(f"{p}mlp.gate_proj.weight", ("layers", "gate"), i, lambda a: a.T, lambda a: a.T, (F, D)),
-            TensorMap(f"{p}mlp.up_proj.weight", ("layers", "up"), i, lambda a: a.T, lambda a: a.T, (F, D)),
-            TensorMap(f"{p}mlp.down_proj.weight", ("layers", "down"), i, lambda a: a.T, lambda a: a.T, (D, F)),
-            TensorMap(f"{p}input_layernorm.weight", ("layers", "input_norm"), i, ident, ident, (D,)),
-            TensorMap(f"{p}post_attention_layernorm.weight", ("layers", "post_attn_norm"), i, ident, ident, (D,)),
+            reshaped(f"{p}self_attn.o_proj.weight", ("layers", "o"), i, (D, H * Dh), (D, H, Dh)),
+            same(f"{p}mlp.gate_proj.weight", ("layers", "gate"), i, (F, D)),
+            same(f"{p}mlp.up_proj.weight", ("layers", "up"), i, (F, D)),
+            same(f"{p}mlp.down_proj.weight", ("layers", "down"), i, (D, F)),
+            same(f"{p}input_layernorm.weight", ("layers", "input_norm"), i, (D,)),
+            same(f"{p}post_attention_layernorm.weight", ("layers", "post_attn_norm"), i, (D,)),
         ]
     return maps
 
@@ -115,16 +116,16 @@ def weight_files(path: str | os.PathLike) -> dict[str, Path]:
     if not single.is_file():
         raise CheckpointError(f"{root}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
     with _open(single) as f:
-        return {name: single for name in f.keys()}
+        return {name: single for name in f.entries}
 
 
 @contextlib.contextmanager
-def _open(file: Path) -> Iterator[Any]:
+def _open(file: Path) -> Iterator[SafetensorsFile]:
     try:
-        with safe_open(str(file), framework="np") as f:
+        with SafetensorsFile(file) as f:
             yield f
-    except SafetensorError as e:
-        raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from e
+    except SafetensorsFormatError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def read_hf_numpy(path: str | os.PathLike, dtype: str | None = None,
@@ -132,7 +133,8 @@ def read_hf_numpy(path: str | os.PathLike, dtype: str | None = None,
     """Read a HF Qwen2 directory into a params pytree of host numpy arrays.
 
     dtype: "float32" / "bfloat16" / "float16", or None to keep the checkpoint's dtype.
-    Peak host memory is the params plus one tensor.
+    Each tensor is read from disk straight into its place: peak host memory is the params
+    (plus one tensor when casting).
     """
     config = read_config(path)
     files = weight_files(path)
@@ -159,26 +161,24 @@ def read_hf_numpy(path: str | os.PathLike, dtype: str | None = None,
     for file, file_maps in by_file.items():
         with _open(file) as f:
             for m in file_maps:
-                try:
-                    tensor = f.get_tensor(m.hf_name)
-                except SafetensorError as e:
-                    raise CheckpointError(f"{file}: cannot read tensor {m.hf_name} ({e})") from e
-                if tuple(tensor.shape) != m.hf_shape:
-                    raise CheckpointError(f"{file}: tensor {m.hf_name} has shape {tuple(tensor.shape)}, "
+                if m.hf_name not in f.entries:
+                    raise CheckpointError(f"{file}: tensor {m.hf_name} is listed in the index but not in the file")
+                file_dtype, shape, _, _ = f.entries[m.hf_name]
+                if shape != m.hf_shape:
+                    raise CheckpointError(f"{file}: tensor {m.hf_name} has shape {shape}, "
                                           f"expected {m.hf_shape} from config.json")
-                value = m.to_ours(tensor)
-                target_dtype = np_dtype or tensor.dtype
+                target_dtype = np.dtype(np_dtype or file_dtype)
                 node = params
                 for key in m.path[:-1]:
                     node = node.setdefault(key, {})
                 leaf = m.path[-1]
-                if m.layer is None:
-                    node[leaf] = np.ascontiguousarray(value, dtype=target_dtype)
+                if leaf not in node:
+                    node[leaf] = np.empty(_get(shapes, m.path), dtype=target_dtype)
+                dest = node[leaf] if m.layer is None else node[leaf][m.layer]
+                if target_dtype == file_dtype:  # straight from disk into place
+                    f.read_into(m.hf_name, dest)
                 else:
-                    if leaf not in node:
-                        node[leaf] = np.empty(_get(shapes, m.path), dtype=target_dtype)
-                    node[leaf][m.layer] = value
-                del tensor, value
+                    dest[...] = m.to_ours(f.read(m.hf_name)).astype(target_dtype)
                 bar.update(1)
     bar.close()
     first = params["embed"].dtype
@@ -201,9 +201,29 @@ def load_hf(path: str | os.PathLike, dtype: str | None = None, mesh: Any = None,
 
     config, host = read_hf_numpy(path, dtype=dtype, progress=progress)
     if mesh is None:
-        return config, jax.tree.map(jax.numpy.asarray, host)
-    from r1ci_jax.sharding import shard_params_from_host
-    return config, shard_params_from_host(host, config, mesh)
+        place = lambda arr, _path: jax.device_put(arr)
+    else:
+        from r1ci_jax.sharding import param_shardings
+        shardings = param_shardings(config, mesh)
+        place = lambda arr, path: jax.make_array_from_callback(
+            arr.shape, _get(shardings, path), lambda index: arr[index])
+    return config, _consume_tree(host, place)
+
+
+def _consume_tree(tree: dict[str, Any], place: Callable[[np.ndarray, tuple[str, ...]], Any],
+                  prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Map `place` over a nested dict, dropping each host array once placed (peak: +1 leaf)."""
+    import jax
+
+    out: dict[str, Any] = {}
+    for key in list(tree):
+        value = tree.pop(key)
+        if isinstance(value, dict):
+            out[key] = _consume_tree(value, place, prefix + (key,))
+        else:
+            out[key] = jax.block_until_ready(place(value, prefix + (key,)))
+        del value
+    return out
 
 
 def _get(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -221,14 +241,15 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def hf_tensors(params: dict[str, Any], config: Qwen2Config) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (hf_name, numpy array) one tensor at a time, in HF layout."""
+    host: dict[tuple[str, ...], np.ndarray] = {}  # one host view per param (zero-copy on CPU)
     for m in tensor_maps(config):
-        try:
-            value = _get(params, m.path)
-        except KeyError:
-            raise CheckpointError(f"params are missing {'/'.join(m.path)} needed for {m.hf_name}") from None
-        if m.layer is not None:
-            value = value[m.layer]
-        arr = np.ascontiguousarray(m.to_hf(np.asarray(value)))
+        if m.path not in host:
+            try:
+                host[m.path] = np.asarray(_get(params, m.path))
+            except KeyError:
+                raise CheckpointError(f"params are missing {'/'.join(m.path)} needed for {m.hf_name}") from None
+        value = host[m.path] if m.layer is None else host[m.path][m.layer]
+        arr = m.to_hf(value)
         if arr.shape != m.hf_shape:
             raise CheckpointError(f"param {'/'.join(m.path)} gives {m.hf_name} shape {arr.shape}, "
                                   f"expected {m.hf_shape}")
@@ -268,24 +289,20 @@ def save_hf(params: dict[str, Any], config: Qwen2Config, path: str | os.PathLike
             f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         shard_of = {t: names[i] for i, shard in enumerate(shards) for t in shard}
         tensors = hf_tensors(params, config)
+        dtype = np.dtype(np.asarray(params["embed"][:1]).dtype)
+        shapes = {m.hf_name: m.hf_shape for m in tensor_maps(config)}
         weight_map: dict[str, str] = {}
         total = 0
         bar = _progress(len(shard_of), f"writing {dest.name}", progress)
         for name, shard in zip(names, shards):
-            chunk: dict[str, np.ndarray] = {}
-            for _ in shard:
-                hf_name, arr = next(tensors)
-                chunk[hf_name] = arr
-                weight_map[hf_name] = name
-                total += arr.nbytes
-                bar.update(1)
-            save_file(chunk, str(tmp / name), metadata={"format": "pt"})
-            del chunk
+            layout = [(t, shapes[t]) for t in shard]
+            total += write_safetensors(tmp / name, layout, dtype, tensors, bar.update)
+            weight_map.update({t: name for t in shard})
         bar.close()
         if len(names) > 1:
             (tmp / INDEX_FILE).write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-        dtype_name = {np.dtype(v): k for k, v in _NP_DTYPES.items()}[np.dtype(np.asarray(params["embed"][:1]).dtype)]
+        dtype_name = {np.dtype(v): k for k, v in _NP_DTYPES.items()}[dtype]
         (tmp / "config.json").write_text(json.dumps(config.to_hf(torch_dtype=dtype_name), indent=2))
         if config.eos_token_id is not None or config.bos_token_id is not None:
             gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.to_hf()["eos_token_id"]}

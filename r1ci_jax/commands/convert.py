@@ -35,12 +35,12 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def _hf_to_orbax(args: argparse.Namespace) -> int:
-    from r1ci_jax.checkpoint.hf import CheckpointError, read_hf_numpy
+    from r1ci_jax.checkpoint.hf import CheckpointError, load_hf
     from r1ci_jax.checkpoint.orbax import save_params
 
     start = time.perf_counter()
     try:
-        config, params = read_hf_numpy(args.src, dtype=args.dtype, progress=True)
+        config, params = load_hf(args.src, dtype=args.dtype, progress=True)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

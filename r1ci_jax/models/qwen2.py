@@ -8,15 +8,19 @@ grow with depth (a 64-layer 32B model compiles as fast as a 2-layer test model).
       "embed":      [V, D],
       "layers": {   # every leaf has a leading L axis
         "input_norm": [L, D], "post_attn_norm": [L, D],
-        "q": [L, D, H, Dh], "q_bias": [L, H, Dh],
-        "k": [L, D, K, Dh], "k_bias": [L, K, Dh],
-        "v": [L, D, K, Dh], "v_bias": [L, K, Dh],
-        "o": [L, H, Dh, D],
-        "gate": [L, D, F], "up": [L, D, F], "down": [L, F, D],
+        "q": [L, H, Dh, D], "q_bias": [L, H, Dh],
+        "k": [L, K, Dh, D], "k_bias": [L, K, Dh],
+        "v": [L, K, Dh, D], "v_bias": [L, K, Dh],
+        "o": [L, D, H, Dh],
+        "gate": [L, F, D], "up": [L, F, D], "down": [L, D, F],
       },
       "final_norm": [D],
-      "lm_head":    [D, V],   # absent when embeddings are tied
+      "lm_head":    [V, D],   # absent when embeddings are tied
     }
+
+Weights keep the [out, in] order of torch's Linear, so a HuggingFace tensor maps
+to ours by a free reshape (no transpose): conversion is a memcpy either way, and
+XLA picks the matmul operand layout itself, so compute does not care.
 
 KV cache (see `init_cache`): `{"k", "v": [L, B, S, K, Dh], "lengths": int32[B]}`.
 Each row's valid entries are the contiguous slots [0, lengths[b]); new tokens are
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,6 +41,9 @@ from r1ci_jax.models.config import Qwen2Config
 
 Params = dict[str, Any]
 Cache = dict[str, jax.Array]
+# fn(q [B, H, Dh], k_cache [B, S, K, Dh], v_cache [B, S, K, Dh], lengths int32[B]) -> [B, H, Dh]:
+# attention of each row's one query over cache slots [0, lengths[b]) (a Pallas kernel).
+DecodeAttention = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 __all__ = ["Qwen2Config", "init_params", "init_cache", "forward", "forward_hidden",
            "logits_from_hidden", "param_logical_axes", "cache_logical_axes"]
@@ -52,16 +60,16 @@ def param_shapes(config: Qwen2Config) -> Params:
         "embed": (V, D),
         "layers": {
             "input_norm": (L, D), "post_attn_norm": (L, D),
-            "q": (L, D, H, Dh), "q_bias": (L, H, Dh),
-            "k": (L, D, K, Dh), "k_bias": (L, K, Dh),
-            "v": (L, D, K, Dh), "v_bias": (L, K, Dh),
-            "o": (L, H, Dh, D),
-            "gate": (L, D, F), "up": (L, D, F), "down": (L, F, D),
+            "q": (L, H, Dh, D), "q_bias": (L, H, Dh),
+            "k": (L, K, Dh, D), "k_bias": (L, K, Dh),
+            "v": (L, K, Dh, D), "v_bias": (L, K, Dh),
+            "o": (L, D, H, Dh),
+            "gate": (L, F, D), "up": (L, F, D), "down": (L, D, F),
         },
         "final_norm": (D,),
     }
     if not c.tie_word_embeddings:
-        shapes["lm_head"] = (D, V)
+        shapes["lm_head"] = (V, D)
     return shapes
 
 
@@ -71,17 +79,17 @@ def param_logical_axes(config: Qwen2Config) -> Params:
         "embed": ("vocab", "embed"),
         "layers": {
             "input_norm": ("layers", "norm"), "post_attn_norm": ("layers", "norm"),
-            "q": ("layers", "embed", "heads", "head_dim"), "q_bias": ("layers", "heads", "head_dim"),
-            "k": ("layers", "embed", "kv_heads", "head_dim"), "k_bias": ("layers", "kv_heads", "head_dim"),
-            "v": ("layers", "embed", "kv_heads", "head_dim"), "v_bias": ("layers", "kv_heads", "head_dim"),
-            "o": ("layers", "heads", "head_dim", "embed"),
-            "gate": ("layers", "embed", "mlp"), "up": ("layers", "embed", "mlp"),
-            "down": ("layers", "mlp", "embed"),
+            "q": ("layers", "heads", "head_dim", "embed"), "q_bias": ("layers", "heads", "head_dim"),
+            "k": ("layers", "kv_heads", "head_dim", "embed"), "k_bias": ("layers", "kv_heads", "head_dim"),
+            "v": ("layers", "kv_heads", "head_dim", "embed"), "v_bias": ("layers", "kv_heads", "head_dim"),
+            "o": ("layers", "embed", "heads", "head_dim"),
+            "gate": ("layers", "mlp", "embed"), "up": ("layers", "mlp", "embed"),
+            "down": ("layers", "embed", "mlp"),
         },
         "final_norm": ("norm",),
     }
     if not config.tie_word_embeddings:
-        axes["lm_head"] = ("embed", "vocab")
+        axes["lm_head"] = ("vocab", "embed")
     return axes
 
 
@@ -165,13 +173,14 @@ def _write_cache(cache_layer: jax.Array, new: jax.Array, starts: jax.Array) -> j
 
 def _decoder_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: jax.Array,
                    mask: jax.Array, cache_kv: tuple[jax.Array, jax.Array] | None,
-                   cache_starts: jax.Array | None):
+                   cache_starts: jax.Array | None, decode_lengths: jax.Array | None = None,
+                   decode_attention: DecodeAttention | None = None):
     dtype = config.jnp_dtype
     w = lambda name: layer[name].astype(dtype)
     h = rms_norm(x, layer["input_norm"], config.rms_norm_eps)
-    q = jnp.einsum("btd,dhk->bthk", h, w("q")) + w("q_bias")
-    k = jnp.einsum("btd,dhk->bthk", h, w("k")) + w("k_bias")
-    v = jnp.einsum("btd,dhk->bthk", h, w("v")) + w("v_bias")
+    q = jnp.einsum("btd,hkd->bthk", h, w("q")) + w("q_bias")
+    k = jnp.einsum("btd,hkd->bthk", h, w("k")) + w("k_bias")
+    v = jnp.einsum("btd,hkd->bthk", h, w("v")) + w("v_bias")
     q = rope(q, positions, config.rope_theta)
     k = rope(k, positions, config.rope_theta)
     if cache_kv is not None:
@@ -181,11 +190,14 @@ def _decoder_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: 
         k, v = k_all.astype(dtype), v_all.astype(dtype)
     else:
         new_cache_kv = None
-    attn = attention(q, k, v, mask)
-    x = x + jnp.einsum("bthk,hkd->btd", attn, w("o"))
+    if decode_attention is not None and decode_lengths is not None:
+        attn = decode_attention(q[:, 0], k, v, decode_lengths)[:, None]
+    else:
+        attn = attention(q, k, v, mask)
+    x = x + jnp.einsum("bthk,dhk->btd", attn, w("o"))
     h = rms_norm(x, layer["post_attn_norm"], config.rms_norm_eps)
-    gated = jax.nn.silu(jnp.einsum("btd,df->btf", h, w("gate"))) * jnp.einsum("btd,df->btf", h, w("up"))
-    x = x + jnp.einsum("btf,fd->btd", gated, w("down"))
+    gated = jax.nn.silu(jnp.einsum("btd,fd->btf", h, w("gate"))) * jnp.einsum("btd,fd->btf", h, w("up"))
+    x = x + jnp.einsum("btf,df->btd", gated, w("down"))
     return x, new_cache_kv
 
 
@@ -193,7 +205,8 @@ def _decoder_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: 
 
 def forward_hidden(params: Params, config: Qwen2Config, tokens: jax.Array,
                    positions: jax.Array | None = None, cache: Cache | None = None,
-                   attention_mask: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+                   attention_mask: jax.Array | None = None,
+                   decode_attention: DecodeAttention | None = None) -> tuple[jax.Array, Cache | None]:
     """Final hidden states [B, T, D] (after the last norm) and the updated cache.
 
     See `forward` for the arguments.
@@ -226,9 +239,16 @@ def forward_hidden(params: Params, config: Qwen2Config, tokens: jax.Array,
 
     x = jnp.take(params["embed"], tokens, axis=0).astype(config.jnp_dtype)
 
+    decode_lengths = None
+    if decode_attention is not None and cache is not None and T == 1:
+        # Rows without a real token this step (finished rows) get length 0 so a
+        # ragged kernel skips them; their output is ignored anyway.
+        decode_lengths = jnp.where(valid[:, 0], starts + 1, 0).astype(jnp.int32)
+
     def body(x, scanned):
         layer, cache_kv = scanned
-        x, new_kv = _decoder_layer(config, x, layer, positions, mask, cache_kv, starts)
+        x, new_kv = _decoder_layer(config, x, layer, positions, mask, cache_kv, starts,
+                                   decode_lengths, decode_attention)
         return x, new_kv
 
     if config.remat:
@@ -246,17 +266,15 @@ def forward_hidden(params: Params, config: Qwen2Config, tokens: jax.Array,
 
 
 def logits_from_hidden(params: Params, config: Qwen2Config, hidden: jax.Array) -> jax.Array:
-    """hidden: [..., D] -> f32 logits [..., V] (tied: embed^T, else lm_head)."""
-    if config.tie_word_embeddings:
-        w = params["embed"].astype(config.jnp_dtype)
-        return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
-    w = params["lm_head"].astype(config.jnp_dtype)
-    return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+    """hidden: [..., D] -> f32 logits [..., V] (tied: embed, else lm_head; both [V, D])."""
+    w = params["embed" if config.tie_word_embeddings else "lm_head"].astype(config.jnp_dtype)
+    return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
 
 
 def forward(params: Params, config: Qwen2Config, tokens: jax.Array,
             positions: jax.Array | None = None, cache: Cache | None = None,
-            attention_mask: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+            attention_mask: jax.Array | None = None,
+            decode_attention: DecodeAttention | None = None) -> tuple[jax.Array, Cache | None]:
     """Run the model. Pure and jittable (config is static: it is hashable).
 
     tokens: int32[B, T]. attention_mask: {0,1}[B, T], 1 on real tokens, any padding
@@ -266,10 +284,13 @@ def forward(params: Params, config: Qwen2Config, tokens: jax.Array,
     cache: from `init_cache` or a previous call. Without a cache attention is causal
     over this call's real tokens; with one, each row's real tokens are appended at
     slots lengths[b]... and attend to everything before them in that row.
+    decode_attention: optional ragged decode-attention kernel (`DecodeAttention`),
+    used instead of masked dense attention when a cache is given and T == 1.
     Returns (logits f32[B, T, V], updated cache or None). Logits at pad positions
     are meaningless.
     """
-    hidden, new_cache = forward_hidden(params, config, tokens, positions, cache, attention_mask)
+    hidden, new_cache = forward_hidden(params, config, tokens, positions, cache, attention_mask,
+                                       decode_attention)
     return logits_from_hidden(params, config, hidden), new_cache
 
 
