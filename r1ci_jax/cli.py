@@ -13,6 +13,7 @@ import sys
 # module path of each subcommand group; each module's register() adds its parsers.
 _SUBCOMMAND_MODULES = (
     "r1ci_jax.commands.convert",
+    "r1ci_jax.commands.curriculum",
 )
 
 
