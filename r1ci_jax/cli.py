@@ -14,6 +14,7 @@ import sys
 _SUBCOMMAND_MODULES = (
     "r1ci_jax.commands.convert",
     "r1ci_jax.commands.curriculum",
+    "r1ci_jax.commands.demo",
 )
 
 
