@@ -171,18 +171,34 @@ def _write_cache(cache_layer: jax.Array, new: jax.Array, starts: jax.Array) -> j
     return jax.vmap(write_row)(cache_layer, new, starts)
 
 
-def _decoder_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: jax.Array,
-                   mask: jax.Array, cache_kv: tuple[jax.Array, jax.Array] | None,
-                   cache_starts: jax.Array | None, decode_lengths: jax.Array | None = None,
-                   decode_attention: DecodeAttention | None = None):
+def attention_inputs(config: Qwen2Config, x: jax.Array, layer: Params,
+                     positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One layer's q [B, T, H, Dh], k, v [B, T, K, Dh] (normed, projected, rotated) from x [B, T, D]."""
     dtype = config.jnp_dtype
     w = lambda name: layer[name].astype(dtype)
     h = rms_norm(x, layer["input_norm"], config.rms_norm_eps)
     q = jnp.einsum("btd,hkd->bthk", h, w("q")) + w("q_bias")
     k = jnp.einsum("btd,hkd->bthk", h, w("k")) + w("k_bias")
     v = jnp.einsum("btd,hkd->bthk", h, w("v")) + w("v_bias")
-    q = rope(q, positions, config.rope_theta)
-    k = rope(k, positions, config.rope_theta)
+    return rope(q, positions, config.rope_theta), rope(k, positions, config.rope_theta), v
+
+
+def attention_output_and_mlp(config: Qwen2Config, x: jax.Array, attn: jax.Array, layer: Params) -> jax.Array:
+    """The rest of a layer: x [B, T, D] + o(attn [B, T, H, Dh]), then + MLP."""
+    dtype = config.jnp_dtype
+    w = lambda name: layer[name].astype(dtype)
+    x = x + jnp.einsum("bthk,dhk->btd", attn, w("o"))
+    h = rms_norm(x, layer["post_attn_norm"], config.rms_norm_eps)
+    gated = jax.nn.silu(jnp.einsum("btd,fd->btf", h, w("gate"))) * jnp.einsum("btd,fd->btf", h, w("up"))
+    return x + jnp.einsum("btf,df->btd", gated, w("down"))
+
+
+def _decoder_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: jax.Array,
+                   mask: jax.Array, cache_kv: tuple[jax.Array, jax.Array] | None,
+                   cache_starts: jax.Array | None, decode_lengths: jax.Array | None = None,
+                   decode_attention: DecodeAttention | None = None):
+    dtype = config.jnp_dtype
+    q, k, v = attention_inputs(config, x, layer, positions)
     if cache_kv is not None:
         k_all = _write_cache(cache_kv[0], k, cache_starts)
         v_all = _write_cache(cache_kv[1], v, cache_starts)
@@ -194,11 +210,7 @@ def _decoder_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: 
         attn = decode_attention(q[:, 0], k, v, decode_lengths)[:, None]
     else:
         attn = attention(q, k, v, mask)
-    x = x + jnp.einsum("bthk,dhk->btd", attn, w("o"))
-    h = rms_norm(x, layer["post_attn_norm"], config.rms_norm_eps)
-    gated = jax.nn.silu(jnp.einsum("btd,fd->btf", h, w("gate"))) * jnp.einsum("btd,fd->btf", h, w("up"))
-    x = x + jnp.einsum("btf,df->btd", gated, w("down"))
-    return x, new_cache_kv
+    return attention_output_and_mlp(config, x, attn, layer), new_cache_kv
 
 
 # ----------------------------------------------------------------------------- forward

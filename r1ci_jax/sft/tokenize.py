@@ -72,24 +72,27 @@ def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]], end_of_t
     """(rendered text, [(start, end) character spans of assistant content (+ end_of_turn)])."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConversationError(f"{where}: tokenizer {type(tokenizer).__name__} has no chat template")
+    # Each message's content is located in the rendered conversation in order. This
+    # works for templates that render tool output inline inside the assistant turn
+    # (r1ci_jax.tokenizer), where rendering a prefix of the messages is not a prefix
+    # of the whole text.
     full = _render(tokenizer, messages)
     spans = []
-    previous = ""
+    cursor = 0
     for i, message in enumerate(messages):
-        upto = _render(tokenizer, messages[:i + 1])
-        if not upto.startswith(previous) or not full.startswith(upto):
-            raise ConversationError(f"{where}: the chat template does not render messages[:{i + 1}] as a prefix of "
-                                    "the whole conversation; cannot locate turns")
-        if message["role"] == "assistant" and message["content"]:
-            start = upto.find(message["content"], len(previous))
-            if start < 0:
-                raise ConversationError(f"{where}: messages[{i}] (assistant) content does not appear verbatim in "
-                                        "the rendered template")
-            end = start + len(message["content"])
-            if end_of_turn and upto.startswith(end_of_turn, end):
+        content = message["content"]
+        if not content:
+            continue
+        start = full.find(content, cursor)
+        if start < 0:
+            raise ConversationError(f"{where}: messages[{i}] ({message['role']}) content does not appear verbatim, "
+                                    "in order, in the text rendered by the chat template; cannot locate turns")
+        end = start + len(content)
+        if message["role"] == "assistant":
+            if end_of_turn and full.startswith(end_of_turn, end):
                 end += len(end_of_turn)
             spans.append((start, end))
-        previous = upto
+        cursor = end
     return full, spans
 
 
