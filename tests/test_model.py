@@ -182,3 +182,19 @@ def test_from_hf_rejects_other_architectures_and_reads_old_rope_key():
     assert Qwen2Config.from_hf(old).rope_theta == 12345.0
     with pytest.raises(ValueError, match="unknown preset"):
         Qwen2Config.preset("qwen2.5-9b")
+
+
+def test_packed_segments_equal_separate_sequences():
+    _, config, params = _case("gqa2_hd32_tied")
+    rng = np.random.RandomState(5)
+    a, b = rng.randint(2, config.vocab_size, 5), rng.randint(2, config.vocab_size, 4)
+    packed = np.concatenate([a, b, [0, 0]])[None].astype(np.int32)
+    segments = np.array([[1] * 5 + [2] * 4 + [0, 0]], np.int32)
+    out = np.asarray(forward(params, config, jnp.asarray(packed), segment_ids=jnp.asarray(segments))[0])[0]
+    for seq, sl in ((a, slice(0, 5)), (b, slice(5, 9))):
+        alone = np.asarray(jit_forward(params, config, jnp.asarray(seq[None].astype(np.int32)))[0])[0]
+        np.testing.assert_allclose(out[sl], alone, atol=2e-5, rtol=0)
+    assert np.isfinite(out).all()
+    with pytest.raises(ValueError, match="segment_ids"):
+        forward(params, config, jnp.asarray(packed), segment_ids=jnp.asarray(segments),
+                attention_mask=jnp.ones_like(jnp.asarray(packed)))

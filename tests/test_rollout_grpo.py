@@ -20,7 +20,7 @@ def test_two_grpo_steps_with_real_rollouts(tmp_path):
                                        eos_token_id=tokenizer.eos_token_id),
                   "compute_dtype": "float32", "param_dtype": "float32", "tokenizer": str(tmp_path / "tok")},
         "rollout": {"factory": "r1ci_jax.rollout:make_rollout",
-                    "options": {"max_len": 160, "num_workers": 2, "eval_n": 8,
+                    "options": {"max_len": 160, "num_workers": 2, "eval_n": 3,
                                 "rollout": {"max_total_tokens": 48, "chunk_steps": 16, "exec_timeout_s": 2.0}}},
         "prompts": {"factory": "r1ci_jax.rl.prompts:grain_prompts",
                     "options": {"mixture": {"tasks": [{"task": "multiplication",

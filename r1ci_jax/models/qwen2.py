@@ -218,7 +218,8 @@ def _decoder_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: 
 def forward_hidden(params: Params, config: Qwen2Config, tokens: jax.Array,
                    positions: jax.Array | None = None, cache: Cache | None = None,
                    attention_mask: jax.Array | None = None,
-                   decode_attention: DecodeAttention | None = None) -> tuple[jax.Array, Cache | None]:
+                   decode_attention: DecodeAttention | None = None,
+                   segment_ids: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """Final hidden states [B, T, D] (after the last norm) and the updated cache.
 
     See `forward` for the arguments.
@@ -226,7 +227,12 @@ def forward_hidden(params: Params, config: Qwen2Config, tokens: jax.Array,
     B, T = tokens.shape
     valid = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
     inverse = None
-    if cache is not None:
+    if segment_ids is not None:
+        if cache is not None or attention_mask is not None:
+            raise ValueError("segment_ids (packed rows) go without a cache and without attention_mask")
+        starts = None
+        positions, mask = _packed_positions_and_mask(segment_ids, positions)
+    elif cache is not None:
         # Pads are moved behind each row's real tokens so that cache slots stay
         # contiguous whatever the padding side; outputs are put back in input order.
         order = jnp.argsort(~valid, axis=1, stable=True)
@@ -277,6 +283,22 @@ def forward_hidden(params: Params, config: Qwen2Config, tokens: jax.Array,
     return x, new_cache
 
 
+def _packed_positions_and_mask(segment_ids: jax.Array, positions: jax.Array | None):
+    """Packed rows: causal attention within each segment (0 = padding); positions
+    default to the index within the segment. Returns (positions [B, T], mask [B, T, T])."""
+    T = segment_ids.shape[1]
+    segment_ids = segment_ids.astype(jnp.int32)
+    if positions is None:
+        starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                                  segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+        index = jnp.arange(T, dtype=jnp.int32)[None, :]
+        positions = index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+    causal = jnp.tril(jnp.ones((T, T), bool))
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+    # A padding query attends to itself only, so its (ignored) output stays finite.
+    return positions, (causal[None] & same) | jnp.eye(T, dtype=bool)[None]
+
+
 def logits_from_hidden(params: Params, config: Qwen2Config, hidden: jax.Array) -> jax.Array:
     """hidden: [..., D] -> f32 logits [..., V] (tied: embed, else lm_head; both [V, D])."""
     w = params["embed" if config.tie_word_embeddings else "lm_head"].astype(config.jnp_dtype)
@@ -286,7 +308,8 @@ def logits_from_hidden(params: Params, config: Qwen2Config, hidden: jax.Array) -
 def forward(params: Params, config: Qwen2Config, tokens: jax.Array,
             positions: jax.Array | None = None, cache: Cache | None = None,
             attention_mask: jax.Array | None = None,
-            decode_attention: DecodeAttention | None = None) -> tuple[jax.Array, Cache | None]:
+            decode_attention: DecodeAttention | None = None,
+            segment_ids: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """Run the model. Pure and jittable (config is static: it is hashable).
 
     tokens: int32[B, T]. attention_mask: {0,1}[B, T], 1 on real tokens, any padding
@@ -298,11 +321,13 @@ def forward(params: Params, config: Qwen2Config, tokens: jax.Array,
     slots lengths[b]... and attend to everything before them in that row.
     decode_attention: optional ragged decode-attention kernel (`DecodeAttention`),
     used instead of masked dense attention when a cache is given and T == 1.
+    segment_ids: int32[B, T] for packed rows (several sequences per row, 0 = padding;
+    no cache): attention stays within a segment, positions restart at each segment.
     Returns (logits f32[B, T, V], updated cache or None). Logits at pad positions
     are meaningless.
     """
     hidden, new_cache = forward_hidden(params, config, tokens, positions, cache, attention_mask,
-                                       decode_attention)
+                                       decode_attention, segment_ids)
     return logits_from_hidden(params, config, hidden), new_cache
 
 

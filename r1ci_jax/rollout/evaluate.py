@@ -28,11 +28,14 @@ class TaskScore:
 async def evaluate_tasks(sampler: Any, executor: Any, tasks: dict[str, Any], modes: Sequence[str] = ("text", "code"),
                          n: int = 200, seed: int = 1000, split: str = "test", batch_size: int = 64,
                          system_prompt: str = "default", max_total_tokens: int = 512, max_code_calls: int = 8,
-                         exec_timeout_s: float = 10.0, params: Any = None, progress: Any = None) -> list[TaskScore]:
+                         exec_timeout_s: float = 10.0, params: Any = None, progress: Any = None,
+                         batch_multiple: int = 1) -> list[TaskScore]:
     """Score every task in every mode on the same `n` held-out examples (greedy decoding).
 
     tasks: label -> task object (`r1ci_jax.tasks`); prompts are rendered with the
     sampler's tokenizer chat template. progress: optional tqdm-like bar advanced per episode.
+    batch_multiple: decode batches are padded (with copies of a prompt, not scored) to a
+    multiple of this, e.g. the data-parallel size of the sampler's mesh.
     """
     tokenizer = sampler.tokenizer
     scores: list[TaskScore] = []
@@ -47,11 +50,14 @@ async def evaluate_tasks(sampler: Any, executor: Any, tasks: dict[str, Any], mod
             episodes = []
             for start in range(0, len(examples), batch_size):
                 chunk = examples[start:start + batch_size]
-                scorers = [lambda a, e=e: task.score(a, e) for e in chunk]
+                pad = -len(chunk) % batch_multiple
+                rows = chunk + [chunk[-1]] * pad
+                scorers = [lambda a, e=e: task.score(a, e) for e in rows]
+                chunk_prompts = prompts[start:start + batch_size]
                 result = await run_rollout(sampler, executor if mode == "code" else None,
-                                           prompts[start:start + batch_size], scorers, config, params=params,
-                                           session_prefix=f"eval-{label}-{mode}-{start}")
-                episodes += result.episodes
+                                           chunk_prompts + [chunk_prompts[-1]] * pad, scorers, config,
+                                           params=params, session_prefix=f"eval-{label}-{mode}-{start}")
+                episodes += result.episodes[:len(chunk)]
                 if progress is not None:
                     progress.update(len(chunk))
             answered = [e for e in episodes if e.answer is not None]

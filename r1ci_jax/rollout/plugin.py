@@ -52,6 +52,16 @@ class _AsyncRunner:
         self.thread.join(timeout=10)
 
 
+def _batch_shards(mesh: Any, rules: Any) -> int:
+    """How many ways the sampler's batch is split: rows must come in multiples of it."""
+    if mesh is None:
+        return 1
+    from r1ci_jax.sharding import batch_sharding
+    spec = batch_sharding(mesh, 1, rules).spec[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+
+
 def make_rollout(ctx: PluginContext) -> RLPlugins:
     from r1ci_jax.data.mixture import build_tasks
     from r1ci_jax.data.pipeline import DataConfig, resolve_mixture
@@ -74,7 +84,8 @@ def make_rollout(ctx: PluginContext) -> RLPlugins:
 
     def sampler_for(params: Any) -> Any:
         if "sampler" not in holder:
-            holder["sampler"] = Sampler(params, ctx.model_config, ctx.tokenizer, mesh=ctx.mesh, max_len=options.max_len)
+            holder["sampler"] = Sampler(params, ctx.model_config, ctx.tokenizer, mesh=ctx.mesh, max_len=options.max_len,
+                                        rules=ctx.config.mesh.rules)
         return holder["sampler"]
 
     def rollout(params: Any, prompts: dict[str, Any], rng: jax.Array):
@@ -103,7 +114,8 @@ def make_rollout(ctx: PluginContext) -> RLPlugins:
                                            n=options.eval_n, system_prompt=options.system_prompt,
                                            max_total_tokens=rollout_config.max_total_tokens,
                                            max_code_calls=rollout_config.max_code_calls,
-                                           exec_timeout_s=rollout_config.exec_timeout_s, params=params))
+                                           exec_timeout_s=rollout_config.exec_timeout_s, params=params,
+                                           batch_multiple=_batch_shards(ctx.mesh, ctx.config.mesh.rules)))
         return {f"{s.task}/{s.mode}_accuracy": s.accuracy for s in scores}
 
     def close() -> None:

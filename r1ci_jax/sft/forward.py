@@ -1,8 +1,5 @@
-"""The Qwen2 model over packed rows: attention restricted to each token's own segment.
-
-`models.qwen2.forward` masks only padding; packed rows also need a block-diagonal
-mask, so this runs the same decoder layers (qwen2._decoder_layer) with that mask.
-"""
+"""The Qwen2 model over packed rows: attention restricted to each token's own segment
+(`models.qwen2.forward_hidden(..., segment_ids=...)`), and per-token logprobs."""
 from __future__ import annotations
 
 import jax
@@ -16,20 +13,7 @@ from r1ci_jax.rl.logprobs import DEFAULT_CHUNK, logprobs_from_hidden, shift_to_t
 def packed_forward_hidden(params: qwen2.Params, config: Qwen2Config, tokens: jax.Array, segment_ids: jax.Array,
                           positions: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D]. tokens, segment_ids (0 = padding), positions: int32[B, T]."""
-    T = tokens.shape[1]
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
-    # A padding query attends to itself only, so its (ignored) output stays finite.
-    mask = (causal[None] & same) | jnp.eye(T, dtype=bool)[None]
-    x = jnp.take(params["embed"], tokens, axis=0).astype(config.jnp_dtype)
-
-    def body(x, layer):
-        return qwen2._decoder_layer(config, x, layer, positions, mask, None, None)[0], None
-
-    if config.remat:
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    x, _ = jax.lax.scan(body, x, params["layers"])
-    return qwen2.rms_norm(x, params["final_norm"], config.rms_norm_eps)
+    return qwen2.forward_hidden(params, config, tokens, positions, segment_ids=segment_ids)[0]
 
 
 def packed_token_logprobs(params: qwen2.Params, config: Qwen2Config, tokens: jax.Array, segment_ids: jax.Array,
