@@ -22,7 +22,7 @@ from r1ci_jax.train.loop import Progress, Stopwatch, due
 from r1ci_jax.train.metrics import MetricsWriter
 from r1ci_jax.train.model import load_model, load_tokenizer
 from r1ci_jax.train.optim import make_optimizer
-from r1ci_jax.train.state import abstract_state, create_train_state, state_shardings
+from r1ci_jax.train.state import restore_or_create_state, state_shardings
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -78,16 +78,8 @@ def run_sft(config: SFTConfig, *, resume: bool = False, tokenizer: Any = None) -
 
         writer = MetricsWriter(loop_cfg.output_dir, enabled=is_main_process(), tensorboard=loop_cfg.tensorboard)
         cleanup.callback(writer.close)
-        if latest is not None:
-            target = abstract_state(jax.eval_shape(lambda p: create_train_state(p, optimizer, loop_cfg.seed),
-                                                   params), s_shardings)
-            state, extra = checkpointer.restore(latest, target)
-            batches.set_state(extra["data_state"])
-            writer.truncate_after(latest)
-            start = latest
-        else:
-            state = create_train_state(params, optimizer, loop_cfg.seed, s_shardings)
-            start = 0
+        state, start = restore_or_create_state(checkpointer, latest, params, optimizer, loop_cfg.seed,
+                                               s_shardings, batches, writer)
         del params
         progress = Progress(loop_cfg.total_steps, start, "sft", enabled=loop_cfg.progress and is_main_process())
         cleanup.callback(progress.close)

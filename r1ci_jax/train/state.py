@@ -71,3 +71,16 @@ def abstract_state(state_or_shapes: TrainState, shardings: TrainState | None = N
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
                             state_or_shapes)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_shapes, shardings)
+
+
+def restore_or_create_state(checkpointer: Any, latest: int | None, params: Any, optimizer: optax.GradientTransformation,
+                            seed: int, shardings: TrainState, data_source: Any, writer: Any) -> tuple[TrainState, int]:
+    """(state, first step): the checkpoint at step `latest` (restoring the data iterator and
+    dropping metrics logged after it), or a fresh state from `params` when latest is None."""
+    if latest is None:
+        return create_train_state(params, optimizer, seed, shardings), 0
+    target = abstract_state(jax.eval_shape(lambda p: create_train_state(p, optimizer, seed), params), shardings)
+    state, extra = checkpointer.restore(latest, target)
+    data_source.set_state(extra["data_state"])
+    writer.truncate_after(latest)
+    return state, latest
