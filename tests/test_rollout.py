@@ -237,3 +237,23 @@ def test_real_model_logprobs_and_masks_match_a_full_forward(tokenizer, executor)
         tool_ids = [t for t, s in zip(e.tokens[e.prompt_len:], e.sampled[e.prompt_len:]) if not s]
         assert tokenizer.decode(tool_ids).count("Code Execution Results:") == len(e.exec_statuses) == e.code_calls
         assert tokenizer.decode(e.tokens[e.prompt_len:]) == e.response_text
+
+
+def test_unmasked_tool_tokens_enter_the_loss_with_their_logprobs(tokenizer, executor):
+    scripts = [["Compute it. " + CODE.format("print(12*34)"), "<<<408>>>"]]
+    result = _run(executor, ScriptedSampler(tokenizer, scripts), [tokenizer.encode("Compute 12 * 34.")],
+                  RolloutConfig(chunk_steps=5))
+    (e,) = result.episodes
+    n = len(e.tokens)
+    tool_lp = [np.linspace(-1, -2, n)]
+    masked = episodes_to_batch(result.episodes)
+    unmasked = episodes_to_batch(result.episodes, mask_tool_tokens=False, tool_logprobs=tool_lp)
+    tool = np.zeros(n, bool)
+    tool[e.prompt_len:] = ~np.array(e.sampled[e.prompt_len:])
+    assert tool.sum() == e.num_appended > 0
+    np.testing.assert_array_equal(unmasked.loss_mask[0], masked.loss_mask[0] + tool)
+    np.testing.assert_allclose(unmasked.old_logprobs[0][tool], tool_lp[0][tool])
+    np.testing.assert_array_equal(unmasked.old_logprobs[0][~tool], masked.old_logprobs[0][~tool])
+    assert unmasked.loss_mask[0, :e.prompt_len].sum() == 0
+    with pytest.raises(ValueError, match="needs tool_logprobs"):
+        episodes_to_batch(result.episodes, mask_tool_tokens=False)

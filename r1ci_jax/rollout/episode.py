@@ -99,7 +99,7 @@ def episodes_to_batch(episodes: Sequence[Episode], pad_to: int | None = None, pa
                 raise ValueError("episodes_to_batch: mask_tool_tokens=False needs tool_logprobs")
             tool = np.zeros(n, bool)
             tool[e.prompt_len:] = ~sampled[e.prompt_len:]
-            loss_mask[i, :n] |= tool
+            loss_mask[i, :n] = np.maximum(loss_mask[i, :n], tool)
             old[i, :n] = np.where(tool, np.asarray(tool_logprobs[i], np.float32)[:n], old[i, :n])
     return EpisodeBatch.from_arrays(
         tokens=tokens, attention_mask=attention, loss_mask=loss_mask, old_logprobs=old,
