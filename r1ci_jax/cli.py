@@ -15,6 +15,7 @@ _SUBCOMMAND_MODULES = (
     "r1ci_jax.commands.convert",
     "r1ci_jax.commands.curriculum",
     "r1ci_jax.commands.demo",
+    "r1ci_jax.commands.evaluate",
     "r1ci_jax.commands.generate",
     "r1ci_jax.commands.train",
 )
