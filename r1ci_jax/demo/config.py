@@ -1,0 +1,56 @@
+"""DemoConfig: every knob of `r1ci demo` (configs/demo.yaml mirrors these defaults)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class DemoTask:
+    task: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    # tasks where code clearly helps; the same knobs for training and held-out evaluation
+    tasks: list[DemoTask] = dataclasses.field(default_factory=lambda: [
+        DemoTask("multiplication", {"digits_a": 3, "digits_b": 3}),
+        DemoTask("letter_count", {"length": 16}),
+    ])
+    system_prompt: str = "none"
+    sft_examples_per_task: int = 1000
+    vocab_size: int = 384
+    # model: a small Qwen2 architecture
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    # SFT
+    sft_steps: int = 400
+    sft_batch_size: int = 16
+    sft_seq_len: int = 512
+    sft_learning_rate: float = 5e-3
+    # GRPO
+    grpo_steps: int = 10
+    grpo_prompts_per_step: int = 8
+    grpo_group_size: int = 4
+    grpo_learning_rate: float = 5e-5
+    max_total_tokens: int = 64
+    max_len: int = 160
+    # evaluation
+    eval_n: int = 40
+    eval_seed: int = 1000
+    executor_workers: int = 2
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "DemoConfig":
+        """Toy scale for tests: every phase runs, nothing is expected to be learned."""
+        return cls(tasks=[DemoTask("multiplication", {"digits_a": 2, "digits_b": 2}),
+                          DemoTask("letter_count", {"length": 6})],
+                   sft_examples_per_task=40, vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1,
+                   num_heads=2, num_kv_heads=1, sft_steps=3, sft_batch_size=8, sft_seq_len=256,
+                   grpo_steps=1, grpo_prompts_per_step=4, grpo_group_size=2, max_total_tokens=24, max_len=128,
+                   eval_n=2)
