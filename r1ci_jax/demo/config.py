@@ -28,9 +28,9 @@ class DemoConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     # SFT
-    sft_steps: int = 400
+    sft_steps: int = 500
     sft_batch_size: int = 16
-    sft_seq_len: int = 512
+    sft_seq_len: int = 256
     sft_learning_rate: float = 5e-3
     # GRPO
     grpo_steps: int = 10
