@@ -24,7 +24,7 @@ from r1ci_jax.rl.grpo import group_advantages
 from r1ci_jax.rl.interfaces import PluginContext, PromptSource, RLPlugins, split_rollout_output
 from r1ci_jax.rl.train_step import make_grpo_step
 from r1ci_jax.sharding import host_batch_to_global, is_main_process, make_mesh, param_shardings
-from r1ci_jax.train.checkpoint import TrainCheckpointer
+from r1ci_jax.train.checkpoint import open_run_checkpointer
 from r1ci_jax.train.export import export_hf
 from r1ci_jax.train.loop import Progress, Stopwatch, due, load_object
 from r1ci_jax.train.metrics import MetricsWriter
@@ -47,13 +47,7 @@ def run_grpo(config: GRPOConfig, *, plugins: RLPlugins | None = None, prompts: P
     config.check()
     batch_cfg, loss_cfg, loop_cfg = config.batch, config.loss, config.loop
     with contextlib.ExitStack() as cleanup:
-        checkpointer = TrainCheckpointer(loop_cfg.checkpoint_dir, keep=loop_cfg.keep_checkpoints,
-                                         async_save=loop_cfg.async_checkpoint)
-        cleanup.callback(checkpointer.close)
-        latest = checkpointer.latest_step()
-        if latest is not None and not resume:
-            raise ConfigError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}); "
-                              "pass --resume to continue that run or choose another loop.output_dir")
+        checkpointer, latest = open_run_checkpointer(loop_cfg, resume, cleanup)
         mesh = make_mesh(config.mesh.mesh)
         rules = config.mesh.rules
         _check_batch_fits_mesh(batch_cfg, mesh)

@@ -16,7 +16,7 @@ from r1ci_jax.sft.packing import SFTBatches, build_rows, truncate
 from r1ci_jax.sft.tokenize import tokenize_file
 from r1ci_jax.sft.train_step import make_eval_step, make_sft_step
 from r1ci_jax.sharding import host_batch_to_global, is_main_process, make_mesh, param_shardings
-from r1ci_jax.train.checkpoint import TrainCheckpointer
+from r1ci_jax.train.checkpoint import open_run_checkpointer
 from r1ci_jax.train.export import export_hf
 from r1ci_jax.train.loop import Progress, Stopwatch, due
 from r1ci_jax.train.metrics import MetricsWriter
@@ -45,13 +45,7 @@ def run_sft(config: SFTConfig, *, resume: bool = False, tokenizer: Any = None) -
     config.check()
     data_cfg, loop_cfg = config.data, config.loop
     with contextlib.ExitStack() as cleanup:
-        checkpointer = TrainCheckpointer(loop_cfg.checkpoint_dir, keep=loop_cfg.keep_checkpoints,
-                                         async_save=loop_cfg.async_checkpoint)
-        cleanup.callback(checkpointer.close)
-        latest = checkpointer.latest_step()
-        if latest is not None and not resume:
-            raise ConfigError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}); "
-                              "pass --resume to continue that run or choose another loop.output_dir")
+        checkpointer, latest = open_run_checkpointer(loop_cfg, resume, cleanup)
         if tokenizer is None:
             tokenizer = load_tokenizer(config.model)
         if tokenizer is None:

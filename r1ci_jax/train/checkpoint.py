@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from r1ci_jax.config import ConfigError
 from r1ci_jax.train.state import TrainState
 
 
@@ -58,3 +59,18 @@ class TrainCheckpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def open_run_checkpointer(loop_cfg: Any, resume: bool, cleanup: Any) -> tuple["TrainCheckpointer", int | None]:
+    """The run's checkpointer (closed by `cleanup`, an ExitStack) and its latest step.
+
+    Without `resume` an existing checkpoint is an error, so a run is never silently overwritten.
+    """
+    checkpointer = TrainCheckpointer(loop_cfg.checkpoint_dir, keep=loop_cfg.keep_checkpoints,
+                                     async_save=loop_cfg.async_checkpoint)
+    cleanup.callback(checkpointer.close)
+    latest = checkpointer.latest_step()
+    if latest is not None and not resume:
+        raise ConfigError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}); "
+                          "pass --resume to continue that run or choose another loop.output_dir")
+    return checkpointer, latest
