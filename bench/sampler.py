@@ -1,8 +1,9 @@
 """Generation throughput on CPU: our Sampler vs transformers `generate` vs a naive JAX loop.
 
-    python bench/sampler.py [--batch 8 --prompt-len 128 --new-tokens 256 --repeat 3]
+    python bench/sampler.py [--batch 8 --prompt-len 128 --new-tokens 256 --repeat 3 --dtype float32]
 
-One process, one random fp32 model (4 layers, hidden 512, vocab 32k) used by all three:
+One process, one random model (4 layers, hidden 512, vocab 32k) used by all three, with
+weights and compute in --dtype for every contender (float32, or bfloat16 for both):
 our params are exported with `save_hf` and loaded by transformers, so the greedy
 outputs can be compared token for token. Tokens/s = batch * new tokens / wall time of
 a whole generate call (prefill included, compile excluded: each contender runs once
@@ -27,7 +28,8 @@ def build_model(args):
     from r1ci_jax.models.qwen2 import Qwen2Config, init_params
     config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                          num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
-                         rope_theta=10000.0, max_position_embeddings=4096)
+                         rope_theta=10000.0, max_position_embeddings=4096, dtype=args.dtype,
+                         param_dtype=args.dtype)
     return config, init_params(config, jax.random.PRNGKey(0))
 
 
@@ -38,7 +40,7 @@ def torch_model(config, params):
     from r1ci_jax.checkpoint.hf import save_hf
     with tempfile.TemporaryDirectory() as d:
         save_hf(params, config, d)
-        model = transformers.Qwen2ForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        model = transformers.Qwen2ForCausalLM.from_pretrained(d, dtype=getattr(torch, config.dtype)).eval()
     model.generation_config.eos_token_id = None
     return model
 
@@ -94,6 +96,8 @@ def main() -> None:
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="weights and compute of every contender")
     ap.add_argument("--naive-tokens", type=int, default=8)
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--skip-sampled", action="store_true", help="only the greedy comparison")
@@ -108,7 +112,7 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.default_backend()}, {jax.device_count()} device(s); "
           f"kernels: attention={sampler.engine.attention_impl}, sampling={sampler.engine.sampling_impl}")
     print(f"config: layers={args.layers} hidden={args.hidden} mlp={args.intermediate} heads={args.heads}/"
-          f"{args.kv_heads} vocab={args.vocab} fp32; batch={B} prompt={P} new={N}")
+          f"{args.kv_heads} vocab={args.vocab} {args.dtype}; batch={B} prompt={P} new={N}")
 
     modes = [("greedy", SamplingParams(max_new_tokens=N, temperature=0, ignore_eos=True), False)]
     if not args.skip_sampled:

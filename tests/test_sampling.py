@@ -269,13 +269,14 @@ def test_state_is_a_pytree(tiny, sampler):
 
 
 def test_decode_step_matches_model_forward_and_kernel_hook(tiny):
-    """The sampler's carried-cache step and the model's `decode_attention` hook (Pallas kernel,
-    interpreted) both equal the model's own one-token cached forward."""
+    """The sampler's carried-cache step (scanned, and unrolled on the fused CPU layout) and the
+    model's `decode_attention` hook (Pallas kernel, interpreted) all equal the model's own
+    one-token cached forward."""
     import functools
 
     from r1ci_jax.kernels.decode_attention import decode_attention
     from r1ci_jax.models.qwen2 import init_cache
-    from r1ci_jax.sampling.decode_step import decode_step
+    from r1ci_jax.sampling.decode_step import decode_step, host_layout
     _, config, params = tiny
     prompt = np.asarray(_prompts(config, [6, 6, 6], seed=7), np.int32)
     mask = np.ones_like(prompt)
@@ -291,15 +292,20 @@ def test_decode_step_matches_model_forward_and_kernel_hook(tiny):
         hooked, _ = forward(params, config, tokens[:, None], cache=cache, attention_mask=active[:, None],
                             decode_attention=kernel)
         stepped, step_cache = decode_step(params, config, tokens, cache, active, kernel)
-        return want, want_cache, hooked, stepped, step_cache
+        fused, fused_cache = decode_step(params, config, tokens, cache, active, kernel, *host_layout(params, config))
+        return want, want_cache, hooked, stepped, step_cache, fused, fused_cache
 
-    want, want_cache, hooked, stepped, step_cache = three_ways(params, cache)
+    want, want_cache, hooked, stepped, step_cache, fused, fused_cache = three_ways(params, cache)
     rows = np.asarray(active)
     np.testing.assert_allclose(np.asarray(hooked)[rows, 0], np.asarray(want)[rows, 0], atol=2e-5)
     np.testing.assert_allclose(np.asarray(stepped)[rows], np.asarray(want)[rows, 0], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(fused)[rows], np.asarray(want)[rows, 0], atol=2e-5)
+    np.testing.assert_array_equal(np.asarray(fused_cache["lengths"]), [7, 4, 7])
     np.testing.assert_array_equal(np.asarray(step_cache["lengths"]), [7, 4, 7])
     np.testing.assert_array_equal(np.asarray(step_cache["lengths"]), np.asarray(want_cache["lengths"]))
     for name in ("k", "v"):  # every valid slot agrees (slot 4 of the inactive row is scratch)
         for b, n in enumerate([7, 4, 7]):
             np.testing.assert_allclose(np.asarray(step_cache[name])[:, b, :n],
                                        np.asarray(want_cache[name])[:, b, :n], atol=1e-6)
+            np.testing.assert_allclose(np.asarray(fused_cache[name])[:, b, :n],
+                                       np.asarray(want_cache[name])[:, b, :n], atol=1e-5)

@@ -10,11 +10,14 @@ math itself is the model's (`attention_inputs`, `attention_output_and_mlp`), so 
 two paths cannot drift apart; tests compare them.
 
 On CPU, XLA copies each layer's weights out of the stacked arrays (and transposes
-them for its matmul library) inside every step of a layer scan. `host_layout`
-prepares them once per decode chunk instead (outside the decode loop): per-layer
-slices, unrolled over layers, and the LM head as [D, V]. It costs a copy of the
-weights, so accelerators keep the scan (their matmuls read the stacked slices in
-place).
+them for its matmul library) inside every step of a layer scan, and a one-token
+step is bound by reading weights and by per-op overhead. `host_layout` prepares
+the weights once per decode chunk instead (outside the decode loop): per layer,
+unrolled, in [in, out] order with q/k/v fused into one matrix and gate/up into
+another (7 matmuls per layer become 4), and the LM head as [D, V]. It costs a copy
+of the weights, so accelerators keep the scan (their matmuls read the stacked
+slices in place). `host_layer` is the same layer math as the model's, on those
+fused weights; tests hold both paths to the model's forward.
 """
 from __future__ import annotations
 
@@ -25,17 +28,50 @@ import jax.numpy as jnp
 
 from r1ci_jax.models.config import Qwen2Config
 from r1ci_jax.models.qwen2 import (Cache, Params, attention_inputs, attention_output_and_mlp,
-                                   logits_from_hidden, rms_norm)
+                                   logits_from_hidden, rms_norm, rope)
 
 # fn(q [B, H, Dh], k [L, B, S, K, Dh], v [L, B, S, K, Dh], lengths int32[B], layer=i) -> [B, H, Dh]
 StackedDecodeAttention = Callable[..., jax.Array]
 
 
 def host_layout(params: Params, config: Qwen2Config) -> tuple[list[Params], jax.Array]:
-    """(per-layer params, LM head [D, V]) for `decode_step` on CPU (see the module docstring)."""
-    layers = [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(config.num_layers)]
-    head = params["embed" if config.tie_word_embeddings else "lm_head"].astype(config.jnp_dtype).T
+    """(per-layer fused weights, LM head [D, V]) for `decode_step` on CPU (module docstring).
+
+    Each layer: qkv [D, (H + 2K) Dh], qkv_bias [(H + 2K) Dh], o [H Dh, D],
+    gate_up [D, 2F], down [F, D] in the compute dtype; norms as stored.
+    """
+    dtype, D = config.jnp_dtype, config.hidden_size
+    stacked = params["layers"]
+    layers = []
+    for i in range(config.num_layers):
+        layer = jax.tree.map(lambda a, i=i: a[i], stacked)
+        rows = lambda name, layer=layer: layer[name].reshape(-1, D)  # [out, D]
+        layers.append({
+            "qkv": jnp.concatenate([rows("q"), rows("k"), rows("v")]).T.astype(dtype),
+            "qkv_bias": jnp.concatenate([layer[f"{n}_bias"].reshape(-1) for n in "qkv"]).astype(dtype),
+            "o": layer["o"].reshape(D, -1).T.astype(dtype),
+            "gate_up": jnp.concatenate([layer["gate"], layer["up"]]).T.astype(dtype),
+            "down": layer["down"].T.astype(dtype),
+            "input_norm": layer["input_norm"], "post_attn_norm": layer["post_attn_norm"]})
+    head = params["embed" if config.tie_word_embeddings else "lm_head"].astype(dtype).T
     return layers, head
+
+
+def host_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: jax.Array,
+               attend: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> jax.Array:
+    """One decoder layer on `host_layout` weights. x: [B, D]; positions: int32[B, 1];
+    attend(q [B, H, Dh], k, v [B, K, Dh]) -> [B, H, Dh] writes the cache and attends."""
+    B = x.shape[0]
+    H, K, Dh, F = config.num_heads, config.num_kv_heads, config.head_dim, config.intermediate_size
+    h = rms_norm(x, layer["input_norm"], config.rms_norm_eps)
+    qkv = jnp.dot(h, layer["qkv"]) + layer["qkv_bias"]
+    q = rope(qkv[:, :H * Dh].reshape(B, 1, H, Dh), positions, config.rope_theta)[:, 0]
+    k = rope(qkv[:, H * Dh:(H + K) * Dh].reshape(B, 1, K, Dh), positions, config.rope_theta)[:, 0]
+    v = qkv[:, (H + K) * Dh:].reshape(B, K, Dh)
+    x = x + jnp.dot(attend(q, k, v).astype(x.dtype).reshape(B, H * Dh), layer["o"])
+    h = rms_norm(x, layer["post_attn_norm"], config.rms_norm_eps)
+    gate_up = jnp.dot(h, layer["gate_up"])
+    return x + jnp.dot(jax.nn.silu(gate_up[:, :F]) * gate_up[:, F:], layer["down"])
 
 
 def decode_step(params: Params, config: Qwen2Config, tokens: jax.Array, cache: Cache, active: jax.Array,
@@ -66,14 +102,19 @@ def decode_step(params: Params, config: Qwen2Config, tokens: jax.Array, cache: C
         attn = attention_fn(q[:, 0], k_cache, v_cache, lengths, layer=index)
         return (attention_output_and_mlp(config, x, attn[:, None].astype(x.dtype), layer), k_cache, v_cache), None
 
-    carry = (x, cache["k"], cache["v"])
     if layers is None:
         layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-        carry, _ = jax.lax.scan(layer_step, carry, (params["layers"], layer_ids))
+        (x, k_cache, v_cache), _ = jax.lax.scan(layer_step, (x, cache["k"], cache["v"]),
+                                                (params["layers"], layer_ids))
     else:
+        x, caches = x[:, 0], {"k": cache["k"], "v": cache["v"]}
         for index, layer in enumerate(layers):
-            carry, _ = layer_step(carry, (layer, index))
-    x, k_cache, v_cache = carry
+            def attend(q, k, v, index=index):
+                caches["k"] = caches["k"].at[index, rows, starts].set(k.astype(caches["k"].dtype))
+                caches["v"] = caches["v"].at[index, rows, starts].set(v.astype(caches["v"].dtype))
+                return attention_fn(q, caches["k"], caches["v"], lengths, layer=index)
+            x = host_layer(config, x, layer, positions, attend)
+        x, k_cache, v_cache = x[:, None], caches["k"], caches["v"]
     x = rms_norm(x, params["final_norm"], config.rms_norm_eps)
     if head is None:
         logits = logits_from_hidden(params, config, x[:, 0])
