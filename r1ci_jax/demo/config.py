@@ -28,19 +28,21 @@ class DemoConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     # SFT
-    sft_steps: int = 500
+    sft_steps: int = 600
     sft_batch_size: int = 16
     sft_seq_len: int = 256
     sft_learning_rate: float = 5e-3
     # GRPO
-    grpo_steps: int = 10
-    grpo_prompts_per_step: int = 8
+    grpo_steps: int = 15
+    grpo_prompts_per_step: int = 16
     grpo_group_size: int = 4
     grpo_learning_rate: float = 5e-5
+    # rollouts sample at this temperature and the policy loss uses the same one
+    grpo_temperature: float = 1.0
     max_total_tokens: int = 64
     max_len: int = 160
     # evaluation
-    eval_n: int = 40
+    eval_n: int = 100
     eval_seed: int = 1000
     executor_workers: int = 2
     seed: int = 0

@@ -49,7 +49,8 @@ async def make_trajectories(cfg: DemoConfig, tasks: dict[str, Any], executor: An
 
 def train_demo_tokenizer(cfg: DemoConfig, conversations: list[list[dict[str, str]]], path: Path) -> Any:
     from r1ci_jax.tokenizer import train_tokenizer
-    texts = [m["content"] for c in conversations for m in c]
+    # Role headers too, so "user" / "assistant" become single tokens as in Qwen's vocabulary.
+    texts = [f"{m['role']}\n{m['content']}" for c in conversations for m in c]
     tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, extra_tokens=PROTOCOL_TOKENS)
     tokenizer.save_pretrained(str(path))
     return tokenizer
@@ -97,7 +98,7 @@ def run_grpo_phase(cfg: DemoConfig, tokenizer: Any, model_dir: Path, out: Path, 
                                 "system_prompt": cfg.system_prompt, "read_threads": 0}},
         "mesh": {"mesh": {"data": -1, "fsdp": 1, "tensor": 1}},
         "optimizer": {"learning_rate": cfg.grpo_learning_rate, "decay": "constant"},
-        "loss": {"kl_coef": 0.0, "entropy_coef": 0.0, "temperature": 1.0},
+        "loss": {"kl_coef": 0.0, "entropy_coef": 0.0, "temperature": cfg.grpo_temperature},
         "batch": {"prompts_per_step": cfg.grpo_prompts_per_step, "group_size": cfg.grpo_group_size,
                   "mini_batch_prompts": cfg.grpo_prompts_per_step, "micro_batch_size": episodes,
                   "pad_multiple": 32, "max_length": cfg.max_len * 2, "pad_id": tokenizer.pad_token_id},
