@@ -5,9 +5,9 @@ slice as a scanned input and its updated copy as a scanned output, so XLA copies
 whole cache in and out every call: fine for a prefill, a large share of a
 one-token step. Here the stacked cache is part of the scan carry: each layer writes
 only the new token's K/V ([B, K, Dh], in place) and the attention kernel reads its
-layer of the stacked cache directly (`decode_attention(..., layer=i)`). The layer
-math itself is the model's (`attention_inputs`, `attention_output_and_mlp`), so the
-two paths cannot drift apart; tests compare them.
+layer of the stacked cache directly (`decode_attention(..., layer=i)`). The scanned
+layer math is the model's own (`attention_inputs`, `attention_output_and_mlp`);
+tests hold this step to the model's forward.
 
 On CPU, XLA copies each layer's weights out of the stacked arrays (and transposes
 them for its matmul library) inside every step of a layer scan, and a one-token
@@ -16,8 +16,9 @@ the weights once per decode chunk instead (outside the decode loop): per layer,
 unrolled, in [in, out] order with q/k/v fused into one matrix and gate/up into
 another (7 matmuls per layer become 4), and the LM head as [D, V]. It costs a copy
 of the weights, so accelerators keep the scan (their matmuls read the stacked
-slices in place). `host_layer` is the same layer math as the model's, on those
-fused weights; tests hold both paths to the model's forward.
+slices in place). `host_attention_inputs` / `host_output_and_mlp` are the model's
+two layer halves restated on those fused weights; tests hold them to the model's
+forward too.
 """
 from __future__ import annotations
 
@@ -57,18 +58,23 @@ def host_layout(params: Params, config: Qwen2Config) -> tuple[list[Params], jax.
     return layers, head
 
 
-def host_layer(config: Qwen2Config, x: jax.Array, layer: Params, positions: jax.Array,
-               attend: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> jax.Array:
-    """One decoder layer on `host_layout` weights. x: [B, D]; positions: int32[B, 1];
-    attend(q [B, H, Dh], k, v [B, K, Dh]) -> [B, H, Dh] writes the cache and attends."""
+def host_attention_inputs(config: Qwen2Config, x: jax.Array, layer: Params,
+                          positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`attention_inputs` on `host_layout` weights: x [B, D], positions int32[B, 1] ->
+    q [B, H, Dh], k, v [B, K, Dh]."""
     B = x.shape[0]
-    H, K, Dh, F = config.num_heads, config.num_kv_heads, config.head_dim, config.intermediate_size
+    H, K, Dh = config.num_heads, config.num_kv_heads, config.head_dim
     h = rms_norm(x, layer["input_norm"], config.rms_norm_eps)
     qkv = jnp.dot(h, layer["qkv"]) + layer["qkv_bias"]
     q = rope(qkv[:, :H * Dh].reshape(B, 1, H, Dh), positions, config.rope_theta)[:, 0]
     k = rope(qkv[:, H * Dh:(H + K) * Dh].reshape(B, 1, K, Dh), positions, config.rope_theta)[:, 0]
-    v = qkv[:, (H + K) * Dh:].reshape(B, K, Dh)
-    x = x + jnp.dot(attend(q, k, v).astype(x.dtype).reshape(B, H * Dh), layer["o"])
+    return q, k, qkv[:, (H + K) * Dh:].reshape(B, K, Dh)
+
+
+def host_output_and_mlp(config: Qwen2Config, x: jax.Array, attn: jax.Array, layer: Params) -> jax.Array:
+    """`attention_output_and_mlp` on `host_layout` weights: x [B, D], attn [B, H, Dh] -> [B, D]."""
+    F = config.intermediate_size
+    x = x + jnp.dot(attn.astype(x.dtype).reshape(x.shape[0], -1), layer["o"])
     h = rms_norm(x, layer["post_attn_norm"], config.rms_norm_eps)
     gate_up = jnp.dot(h, layer["gate_up"])
     return x + jnp.dot(jax.nn.silu(gate_up[:, :F]) * gate_up[:, F:], layer["down"])
@@ -93,13 +99,17 @@ def decode_step(params: Params, config: Qwen2Config, tokens: jax.Array, cache: C
     rows = jnp.arange(B)
     x = jnp.take(params["embed"], tokens[:, None], axis=0).astype(config.jnp_dtype)  # [B, 1, D]
 
+    def write_and_attend(k_cache, v_cache, index, q, k, v):
+        """Write the new token's k, v [B, K, Dh] at slot starts[b] of layer `index`; attend with q [B, H, Dh]."""
+        k_cache = k_cache.at[index, rows, starts].set(k.astype(k_cache.dtype))
+        v_cache = v_cache.at[index, rows, starts].set(v.astype(v_cache.dtype))
+        return attention_fn(q, k_cache, v_cache, lengths, layer=index), k_cache, v_cache
+
     def layer_step(carry, scanned):
         x, k_cache, v_cache = carry
         layer, index = scanned
         q, k, v = attention_inputs(config, x, layer, positions)
-        k_cache = k_cache.at[index, rows, starts].set(k[:, 0].astype(k_cache.dtype))
-        v_cache = v_cache.at[index, rows, starts].set(v[:, 0].astype(v_cache.dtype))
-        attn = attention_fn(q[:, 0], k_cache, v_cache, lengths, layer=index)
+        attn, k_cache, v_cache = write_and_attend(k_cache, v_cache, index, q[:, 0], k[:, 0], v[:, 0])
         return (attention_output_and_mlp(config, x, attn[:, None].astype(x.dtype), layer), k_cache, v_cache), None
 
     if layers is None:
@@ -107,14 +117,12 @@ def decode_step(params: Params, config: Qwen2Config, tokens: jax.Array, cache: C
         (x, k_cache, v_cache), _ = jax.lax.scan(layer_step, (x, cache["k"], cache["v"]),
                                                 (params["layers"], layer_ids))
     else:
-        x, caches = x[:, 0], {"k": cache["k"], "v": cache["v"]}
+        x, k_cache, v_cache = x[:, 0], cache["k"], cache["v"]
         for index, layer in enumerate(layers):
-            def attend(q, k, v, index=index):
-                caches["k"] = caches["k"].at[index, rows, starts].set(k.astype(caches["k"].dtype))
-                caches["v"] = caches["v"].at[index, rows, starts].set(v.astype(caches["v"].dtype))
-                return attention_fn(q, caches["k"], caches["v"], lengths, layer=index)
-            x = host_layer(config, x, layer, positions, attend)
-        x, k_cache, v_cache = x[:, None], caches["k"], caches["v"]
+            q, k, v = host_attention_inputs(config, x, layer, positions)
+            attn, k_cache, v_cache = write_and_attend(k_cache, v_cache, index, q, k, v)
+            x = host_output_and_mlp(config, x, attn, layer)
+        x = x[:, None]
     x = rms_norm(x, params["final_norm"], config.rms_norm_eps)
     if head is None:
         logits = logits_from_hidden(params, config, x[:, 0])
