@@ -166,6 +166,28 @@ def test_fork_bomb_is_contained(pool: Pool) -> None:
     pool.assert_healthy()
 
 
+def test_process_cap_binds(pool: Pool) -> None:
+    """The pool's cap (64 processes) stops forking even when the snippet runs as uid 0
+    (RLIMIT_NPROC alone exempts global root; a pids cgroup does not)."""
+    code = textwrap.dedent("""
+        import os, time
+        started = 0
+        try:
+            while started < 1000:
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                started += 1
+        except OSError as exc:
+            print(started, exc.errno)
+    """)
+    result = pool.run(code, timeout_s=5.0)
+    assert result.status == "ok", result
+    started, errno_value = map(int, result.stdout.split())
+    assert 0 < started < 64 and errno_value == 11, result  # EAGAIN at the cap
+    pool.assert_healthy()
+
+
 def test_sigterm_ignoring_child_is_killed_on_timeout(pool: Pool) -> None:
     marker = "r1ci-stub-" + uuid.uuid4().hex[:4]
     code = name_self(marker) + textwrap.dedent("""
@@ -287,3 +309,19 @@ def test_large_unicode_output_is_cut_on_a_boundary(pool: Pool) -> None:
     result = pool.run("print('é' * 10000)")
     assert result.status == "ok" and result.truncated
     assert result.stdout == "é" * (CAP // 2)
+
+
+def test_process_limit_is_reported_honestly() -> None:
+    """RLIMIT_NPROC never binds global uid 0, user namespace or not: only a pids cgroup or a
+    fresh uid makes the cap real for root, and `protections()` must say so."""
+    import dataclasses
+
+    from r1ci_jax.executor import sandbox
+    base = sandbox.strongest_plan(True, False, (), server_userns=False)
+    root_userns = dataclasses.replace(base, is_root=True, user_namespace=True, drop_uid=False, pids_cgroup=False)
+    assert root_userns.process_limit == "none" and not sandbox.protections(root_userns)["process_limit"]
+    assert dataclasses.replace(root_userns, pids_cgroup=True).process_limit == "cgroup"
+    assert dataclasses.replace(root_userns, user_namespace=False, drop_uid=True).process_limit == "uid"
+    user = dataclasses.replace(root_userns, is_root=False)
+    assert user.process_limit == "namespace" and sandbox.protections(user)["process_limit"]
+    assert sandbox.weaken(dataclasses.replace(root_userns, pids_cgroup=True), "pids_cgroup") == root_userns

@@ -43,6 +43,7 @@ class ChildContext:
     workdir: str
     sandbox_uid: int
     server_pid: int
+    cgroup: Optional[str] = None  # the run's pids cgroup when the plan has one
 
 
 def write_message(fd: int, message: dict[str, Any]) -> None:
@@ -204,7 +205,8 @@ def run_stateless(context: ChildContext, code: str, timeout_s: float, stdout_w: 
         os.dup2(report_w, _REPORT_FD)
         close_fds_except({0, 1, 2, _REPORT_FD})
         sandbox.enter_sandbox(context.plan, context.limits, context.workdir, context.sandbox_uid,
-                              cpu_seconds=math.ceil(timeout_s) + 1, server_pid=context.server_pid)
+                              cpu_seconds=math.ceil(timeout_s) + 1, server_pid=context.server_pid,
+                              cgroup=context.cgroup)
         install_stdio()
         module = fresh_main_module()
     except BaseException as exc:  # noqa: BLE001
@@ -231,7 +233,7 @@ def run_session_init(context: ChildContext, control_fd: int) -> NoReturn:
         _redirect(devnull, devnull, devnull)
         close_fds_except({0, 1, 2, control_fd})
         sandbox.enter_sandbox(context.plan, context.limits, context.workdir, context.sandbox_uid,
-                              cpu_seconds=None, server_pid=context.server_pid)
+                              cpu_seconds=None, server_pid=context.server_pid, cgroup=context.cgroup)
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)  # orphans come here even without a PID namespace
         install_stdio()
         module = fresh_main_module()

@@ -10,6 +10,7 @@ import os
 import tempfile
 from typing import Any, Optional
 
+from r1ci_jax.executor import cgroups as cgroups_mod
 from r1ci_jax.executor import child, sandbox
 from r1ci_jax.executor.workdir import remove_tree
 
@@ -17,12 +18,24 @@ _READ_CHUNK = 65536
 _PROBE_UID = 2_000_000  # only used when root drops to a fresh uid
 
 
-def probe(plan: sandbox.Plan, limits: sandbox.Limits, base_dir: str) -> Optional[tuple[str, str]]:
+def probe(plan: sandbox.Plan, limits: sandbox.Limits, base_dir: str,
+          cgroups: Optional[cgroups_mod.PidsCgroups] = None) -> Optional[tuple[str, str]]:
     """Run an empty snippet under `plan`; None if the sandbox came up, else (step, error)."""
     workdir = tempfile.mkdtemp(prefix="probe-", dir=base_dir)
+    name = os.path.basename(workdir)
+    cgroup = cgroups.create(name, limits.max_processes) if plan.pids_cgroup and cgroups else None
+    try:
+        return _probe(plan, limits, workdir, cgroup)
+    finally:
+        if cgroup is not None and cgroups is not None:
+            cgroups.release(name)
+
+
+def _probe(plan: sandbox.Plan, limits: sandbox.Limits, workdir: str,
+           cgroup: Optional[str]) -> Optional[tuple[str, str]]:
     pipes = [os.pipe() for _ in range(3)]
     context = child.ChildContext(plan=plan, limits=limits, workdir=workdir, sandbox_uid=_PROBE_UID,
-                                 server_pid=os.getpid())
+                                 server_pid=os.getpid(), cgroup=cgroup)
     spawner = sandbox.Spawner(plan.pid_namespace)
     try:
         pid = spawner.fork()
@@ -51,15 +64,17 @@ def probe(plan: sandbox.Plan, limits: sandbox.Limits, base_dir: str) -> Optional
     return None
 
 
-def discover_plan(config: dict[str, Any], base_dir: str, server_userns: bool) -> sandbox.Plan:
-    """The strongest plan this kernel and user allow, found by weakening on each failure."""
+def discover_plan(config: dict[str, Any], base_dir: str, server_userns: bool,
+                  cgroups: Optional[cgroups_mod.PidsCgroups] = None) -> sandbox.Plan:
+    """The strongest plan this kernel and user allow, found by weakening on each failure.
+    cgroups: where per-run pids cgroups go, if this server could open them."""
     limits = sandbox.Limits(**config["limits"])
     plan: Optional[sandbox.Plan] = sandbox.strongest_plan(
         bool(config["use_namespaces"]), bool(config["use_landlock"]), tuple(config["extra_readable"]),
-        server_userns)
+        server_userns, pids_cgroup=cgroups is not None)
     failures = []
     while plan is not None:
-        failure = probe(plan, limits, base_dir)
+        failure = probe(plan, limits, base_dir, cgroups)
         if failure is None:
             return plan
         failures.append(f"{failure[0]}: {failure[1]}")

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from r1ci_jax.executor import landlock, linux, seccomp
+from r1ci_jax.executor import cgroups, landlock, linux, seccomp
 
 
 class SetupError(RuntimeError):
@@ -61,16 +61,20 @@ class Plan:
     landlock_abi: int  # 0: not used
     socket_filter: bool  # seccomp; only needed without a network namespace
     readable_paths: tuple[str, ...] = ()
+    pids_cgroup: bool = False  # each run in its own cgroup with pids.max (see cgroups.py)
 
     @property
     def process_limit(self) -> str:
-        """How RLIMIT_NPROC counts: per run ("namespace", "uid"), against the user's current
-        process count ("counted"), or not at all (uid 0 is exempt)."""
-        if self.user_namespace:
-            return "namespace"
+        """How the process cap counts: per run by a pids cgroup ("cgroup") or RLIMIT_NPROC
+        ("namespace", "uid"), against the user's current process count ("counted"), or not
+        at all ("none": RLIMIT_NPROC exempts global uid 0, even mapped into a user namespace)."""
+        if self.pids_cgroup:
+            return "cgroup"
         if self.drop_uid:
             return "uid"
-        return "none" if self.is_root else "counted"
+        if self.is_root:
+            return "none"
+        return "namespace" if self.user_namespace else "counted"
 
 
 _SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/proc", "/sys", "/dev")
@@ -146,7 +150,7 @@ def enter_server_namespace() -> bool:
 
 
 def strongest_plan(use_namespaces: bool, use_landlock: bool, extra_readable: tuple[str, ...],
-                   server_userns: bool) -> Plan:
+                   server_userns: bool, pids_cgroup: bool = False) -> Plan:
     is_root = os.geteuid() == 0
     # A fresh uid only helps if it can still import the standard library (pyenv under /root: no).
     drop_uid = is_root and all(world_readable(path) for path in python_paths())
@@ -160,6 +164,7 @@ def strongest_plan(use_namespaces: bool, use_landlock: bool, extra_readable: tup
         landlock_abi=landlock.abi_version() if use_landlock else 0,
         socket_filter=not use_namespaces and seccomp.supported(),
         readable_paths=readable_paths(extra_readable),
+        pids_cgroup=pids_cgroup,
     )
 
 
@@ -196,6 +201,7 @@ def weaken(plan: Plan, failed_step: str) -> Optional[Plan]:
         "drop_capabilities": lambda p: replace(p, drop_capabilities=False),
         "landlock": lambda p: replace(p, landlock_abi=0),
         "socket_filter": lambda p: replace(p, socket_filter=False),
+        "pids_cgroup": lambda p: replace(p, pids_cgroup=False),
     }.get(failed_step)
     return weaker(plan) if weaker else None
 
@@ -363,9 +369,15 @@ def _namespace_flags(plan: Plan) -> int:
 
 
 def enter_sandbox(plan: Plan, limits: Limits, workdir: str, sandbox_uid: int, cpu_seconds: Optional[int],
-                  server_pid: int) -> None:
+                  server_pid: int, cgroup: Optional[str] = None) -> None:
     """In the freshly forked process that will run code: apply every layer, in an order where
-    each step still has the privileges it needs. Raises SetupError naming a failed step."""
+    each step still has the privileges it needs. Raises SetupError naming a failed step.
+
+    cgroup: the run's pids cgroup (plan.pids_cgroup), joined first, before anything can fork."""
+    if plan.pids_cgroup:
+        if cgroup is None:
+            raise SetupError("pids_cgroup", RuntimeError("the plan has a pids cgroup but the run was given none"))
+        _step("pids_cgroup", cgroups.join, cgroup)
     os.setsid()
     uid, gid = os.geteuid(), os.getegid()
     flags = _namespace_flags(plan)
@@ -450,9 +462,11 @@ def describe(plan: Plan, limits: Limits) -> dict[str, str]:
     def state(enabled: bool, text: str, missing: str) -> str:
         return text if enabled else f"unavailable: {missing}"
 
-    counted = {"namespace": "per run (user namespace)", "uid": "per run (fresh uid)",
+    counted = {"cgroup": "per run (pids cgroup)", "namespace": "per run (user namespace)",
+               "uid": "per run (fresh uid)",
                "counted": "user's current processes + the cap (no user namespace)",
-               "none": "not enforced: uid 0 is exempt and no user namespace is allowed"}[plan.process_limit]
+               "none": "not enforced: global uid 0 is exempt from RLIMIT_NPROC and no pids cgroup "
+                       "could be created"}[plan.process_limit]
     return {
         "resource_limits": (f"address space +{limits.memory_mb} MiB over the warm interpreter, CPU seconds = "
                             f"timeout + 1, files <= {limits.max_file_mb} MiB, {limits.max_open_files} open files, "

@@ -24,6 +24,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from r1ci_jax.executor import cgroups as cgroups_mod
 from r1ci_jax.executor import child, linux, sandbox
 from r1ci_jax.executor.discovery import discover_plan
 from r1ci_jax.executor.protocol import FrameDecoder, ProtocolError, encode_frame
@@ -70,8 +71,10 @@ class Session:
 
 
 class Server:
-    def __init__(self, config: dict[str, Any], plan: sandbox.Plan, in_fd: int, out_fd: int, base_dir: str) -> None:
+    def __init__(self, config: dict[str, Any], plan: sandbox.Plan, in_fd: int, out_fd: int, base_dir: str,
+                 cgroups: Optional[cgroups_mod.PidsCgroups] = None) -> None:
         self.limits = sandbox.Limits(**config["limits"])
+        self.cgroups = cgroups if plan.pids_cgroup else None
         self.grace_s = float(config["grace_s"])
         self.plan = plan
         self.spawner = sandbox.Spawner(plan.pid_namespace)
@@ -153,8 +156,18 @@ class Server:
     # ------------------------------------------------------------------ stateless runs
 
     def _context(self, workdir: str, sandbox_uid: int) -> child.ChildContext:
+        """What a run's child needs; creates the run's pids cgroup (named after its work dir)."""
+        cgroup = None
+        if self.cgroups is not None:
+            cgroup = self.cgroups.create(os.path.basename(workdir), self.limits.max_processes)
         return child.ChildContext(plan=self.plan, limits=self.limits, workdir=workdir,
-                                  sandbox_uid=sandbox_uid, server_pid=os.getpid())
+                                  sandbox_uid=sandbox_uid, server_pid=os.getpid(), cgroup=cgroup)
+
+    def _remove_workdir(self, workdir: str) -> None:
+        """After a run or session: its work dir and its pids cgroup."""
+        remove_tree(workdir)
+        if self.cgroups is not None:
+            self.cgroups.release(os.path.basename(workdir))
 
     def _new_sandbox_uid(self) -> int:
         return random.randrange(*SANDBOX_UIDS) if self.plan.drop_uid else os.geteuid()
@@ -184,7 +197,7 @@ class Server:
         except BaseException:
             for fd in (stdout_r, stderr_r, report_r):
                 os.close(fd)
-            remove_tree(run.workdir)
+            self._remove_workdir(run.workdir)
             raise
         finally:
             for fd in (stdout_w, stderr_w, report_w):
@@ -259,7 +272,7 @@ class Server:
         outcome = child.wait_message(run.pid)
         os.close(run.pidfd)
         if run.workdir:
-            remove_tree(run.workdir)
+            self._remove_workdir(run.workdir)
         return outcome
 
     def _kill_sandbox(self, pid: Optional[int], pidfd: Optional[int], sandbox_uid: int) -> None:
@@ -372,7 +385,7 @@ class Server:
                 child.run_session_init(context, theirs.fileno())
         except BaseException:
             ours.close()
-            remove_tree(workdir)
+            self._remove_workdir(workdir)
             raise
         finally:
             theirs.close()
@@ -445,7 +458,7 @@ class Server:
             os.waitpid(session.pid, 0)
         except ChildProcessError:
             pass
-        remove_tree(session.workdir)
+        self._remove_workdir(session.workdir)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -458,6 +471,8 @@ class Server:
                 run.cancelled = True
                 self._kill_run(run)
         self.spawner.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
 
 
 def main() -> None:
@@ -486,13 +501,18 @@ def main() -> None:
     gc.freeze()  # children then do not touch (copy) the preloaded objects' pages when collecting
     base_dir = tempfile.mkdtemp(prefix="r1ci-exec-")
     os.chmod(base_dir, 0o711)  # a fresh sandbox uid must reach its own work dir
+    cgroups = cgroups_mod.open_pids_cgroups() if not server_userns else None
     try:
-        plan = discover_plan(config, base_dir, server_userns)
+        plan = discover_plan(config, base_dir, server_userns, cgroups)
     except Exception as exc:  # noqa: BLE001
         os.write(out_fd, encode_frame({"type": "hello", "error": str(exc), "preload_errors": preload_errors}))
         remove_tree(base_dir)
+        if cgroups is not None:
+            cgroups.close()
         return
-    server = Server(config, plan, in_fd, out_fd, base_dir)
+    if cgroups is not None and not plan.pids_cgroup:
+        cgroups.close()
+    server = Server(config, plan, in_fd, out_fd, base_dir, cgroups)
     server.send({"type": "hello", "pid": os.getpid(), "base_dir": base_dir,
                  "protections": sandbox.protections(plan),
                  "details": sandbox.describe(plan, server.limits), "preload_errors": preload_errors,
