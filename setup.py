@@ -6,10 +6,10 @@ setup(
     version="0.1.0",
     description="R1-Code-Interpreter training (multi-turn SFT + GRPO with a sandboxed executor) in JAX",
     python_requires=">=3.10",
-    # kernels/ lives at the top of the repo but installs as r1ci_jax.kernels: a
-    # top-level `kernels` module would collide with a PyPI package transformers probes.
-    packages=find_packages(include=["r1ci_jax", "r1ci_jax.*"]) + ["r1ci_jax.kernels"],
-    package_dir={"r1ci_jax.kernels": "kernels"},
+    # The Pallas kernels live in r1ci_jax/kernels/, not in a top-level kernels/ directory:
+    # from the repo root such a directory shadows the PyPI `kernels` package that
+    # transformers (>= 5.25) imports when loading a model.
+    packages=find_packages(include=["r1ci_jax", "r1ci_jax.*"]),
     package_data={"r1ci_jax": ["py.typed"]},
     install_requires=[
         "jax>=0.6",
