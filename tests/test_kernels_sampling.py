@@ -68,6 +68,27 @@ def test_top_k_bound_ranks_fewer_scores_for_the_same_samples(top_p):
     np.testing.assert_allclose(np.asarray(bounded[1]), np.asarray(full[1]), atol=1e-6)
 
 
+@pytest.mark.parametrize("tie_width", [4, 12])
+def test_top_k_bound_keeps_ties_past_the_bound_and_greedy_rows(tie_width):
+    """A tie at the k-th score wider than the bound (12 > 7) is still kept whole; rows
+    with temperature 0 take the lowest index among tied maxima, as without a bound."""
+    logits, seeds = _rows(8, 300, seed=3)
+    logits = logits.at[:, 20:20 + tie_width].set(11.0)
+    t = jnp.asarray([1.0, 0.0, 0.7, 1.0, 0.0, 2.0, 1.0, 0.5])
+    k, p = jnp.full((8,), 7, jnp.int32), jnp.full((8,), 0.9)
+    for use_top_p in (False, True):
+        full = ks.sample_reference(logits, t, k, p, seeds, use_top_p=use_top_p)
+        bounded = jax.jit(functools.partial(ks.sample_reference, top_k_bound=7, use_top_p=use_top_p))(
+            logits, t, k, p, seeds)
+        np.testing.assert_array_equal(np.asarray(bounded[0]), np.asarray(full[0]))
+        np.testing.assert_allclose(np.asarray(bounded[1]), np.asarray(full[1]), atol=1e-6)
+        assert np.asarray(bounded[0])[1] == 20  # greedy row: first of the tied maxima
+    if tie_width > 7:  # every row's kept set is the 12 tied tokens: draws spread past the first 7
+        draws = [int(ks.sample_reference(logits[:1], t[:1], k[:1], p[:1] * 0 + 1, jnp.asarray([[s, 1]], jnp.int32),
+                                         top_k_bound=7)[0][0]) for s in range(60)]
+        assert set(draws) <= set(range(20, 32)) and max(draws) >= 27
+
+
 def _truncated_distribution(logits, temperature, top_k, top_p):
     s = logits / temperature
     order = np.argsort(-s, kind="stable")

@@ -87,12 +87,24 @@ def sample_reference(logits: jax.Array, temperature: jax.Array, top_k: jax.Array
     """Plain-JAX sampler (semantics in the module docstring).
 
     top_k_bound: a static bound with 1 <= top_k[b] <= top_k_bound for every row, if
-    known: then only the top_k_bound largest scores are ranked (`lax.top_k`) instead
-    of sorting the whole vocabulary.
+    known: then only the top_k_bound largest scores are ranked (`lax.top_k`) and the
+    noise is drawn for those candidates only, instead of sorting and noising the
+    whole vocabulary. Same draws: a token's noise depends only on its index.
     """
     B, V = logits.shape
     temperature = temperature.astype(jnp.float32)
     s = _scaled(logits, temperature[:, None])
+    if use_top_k and not greedy and top_k_bound is not None and top_k_bound < V:
+        return _sample_top_k_candidates(s, temperature, top_k, top_p, seeds, top_k_bound, use_top_p=use_top_p)
+    return _sample_scaled(s, temperature, top_k, top_p, seeds, use_top_k=use_top_k, use_top_p=use_top_p,
+                          greedy=greedy, top_k_bound=top_k_bound)
+
+
+def _sample_scaled(s: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array,
+                   *, use_top_k: bool, use_top_p: bool, greedy: bool,
+                   top_k_bound: int | None) -> tuple[jax.Array, jax.Array]:
+    """The whole-vocabulary reference on scores already scaled by the temperature."""
+    B, V = s.shape
     logprobs_all = jax.nn.log_softmax(s, axis=-1)
     if greedy:
         tokens = jnp.argmax(s, axis=-1).astype(jnp.int32)
@@ -121,6 +133,44 @@ def sample_reference(logits: jax.Array, temperature: jax.Array, top_k: jax.Array
     noise = jnp.where(temperature[:, None] > 0, noise, 0.0)
     tokens = jnp.argmax(jnp.where(keep, s + noise, -jnp.inf), axis=-1).astype(jnp.int32)
     return tokens, jnp.take_along_axis(logprobs_all, tokens[:, None], 1)[:, 0]
+
+
+def _sample_top_k_candidates(s: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
+                             seeds: jax.Array, bound: int, *, use_top_p: bool) -> tuple[jax.Array, jax.Array]:
+    """`sample_reference` on the `bound` largest scores per row (s: f32[B, V], scaled).
+
+    The kept set lies inside the candidates unless a tie at a row's k-th score runs
+    past them (count(s >= kth) > bound); then the whole-vocabulary path decides, so
+    ties are still all kept.
+    """
+    B, V = s.shape
+    values, indices = lax.top_k(s, bound)  # descending; equal scores in index order
+    k_eff = jnp.clip(jnp.where((top_k <= 0) | (top_k >= V), V, top_k), 1, bound).astype(jnp.int32)
+    kth = jnp.take_along_axis(values, (k_eff - 1)[:, None], 1)  # [B, 1]
+    log_z = jax.nn.logsumexp(s, axis=-1)
+
+    def from_candidates(_):
+        keep = values >= kth
+        if use_top_p:
+            mass = jnp.where(keep, jnp.exp(values - values[:, :1]), 0.0)
+            cumulative = jnp.cumsum(mass, axis=-1)
+            target = top_p.astype(jnp.float32)[:, None] * cumulative[:, -1:]
+            first = jnp.argmax(cumulative >= target, axis=-1)
+            nucleus_min = jnp.take_along_axis(values, first[:, None], 1)
+            keep = keep & ((values >= nucleus_min) | (top_p[:, None] >= 1.0))
+        seeds32 = seeds.astype(jnp.int32)
+        noise = gumbel_noise(seeds32[:, :1], seeds32[:, 1:], indices)
+        noise = jnp.where(temperature[:, None] > 0, noise, 0.0)
+        pick = jnp.argmax(jnp.where(keep, values + noise, -jnp.inf), axis=-1)[:, None]
+        token = jnp.take_along_axis(indices, pick, 1)[:, 0].astype(jnp.int32)
+        return token, jnp.take_along_axis(values, pick, 1)[:, 0] - log_z
+
+    def from_vocabulary(_):
+        return _sample_scaled(s, temperature, top_k, top_p, seeds, use_top_k=True, use_top_p=use_top_p,
+                              greedy=False, top_k_bound=bound)
+
+    tie_overflow = jnp.any(jnp.sum(s >= kth, axis=-1) > bound)
+    return lax.cond(tie_overflow, from_vocabulary, from_candidates, None)
 
 
 # ----------------------------------------------------------------------------- TPU (Mosaic)
