@@ -9,6 +9,8 @@ from typing import Any
 class DemoTask:
     task: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # share of SFT trajectories (weight x sft_examples_per_task) and of GRPO prompts
+    weight: float = 1.0
 
 
 @dataclasses.dataclass
@@ -16,7 +18,9 @@ class DemoConfig:
     # tasks where code clearly helps; the same knobs for training and held-out evaluation
     tasks: list[DemoTask] = dataclasses.field(default_factory=lambda: [
         DemoTask("multiplication", {"digits_a": 3, "digits_b": 3}),
-        DemoTask("letter_count", {"length": 16}),
+        # Letters no task wording uses: with the tokenizer's frequency floor each stays one
+        # token, so a string copies at a constant offset (lowercase random pairs got merged).
+        DemoTask("letter_count", {"length": 16, "alphabet": "ABDFGIJKLMNOPQSTUVWXYZ"}),
     ])
     system_prompt: str = "none"
     sft_examples_per_task: int = 1000
@@ -32,6 +36,9 @@ class DemoConfig:
     sft_batch_size: int = 16
     sft_seq_len: int = 256
     sft_learning_rate: float = 5e-3
+    # Adam's second-moment decay (0.95 with lr 3e-3 trained to a lower loss in one run, and
+    # never left the loss plateau with another seed: bench/RESULTS.md, demo fourth session)
+    sft_adam_b2: float = 0.999
     # GRPO
     grpo_steps: int = 15
     grpo_prompts_per_step: int = 16

@@ -25,12 +25,22 @@ def build_tasks(cfg: DemoConfig) -> dict[str, Any]:
     return {t.task: get_task(t.task, **t.options) for t in cfg.tasks}
 
 
+def sft_example_counts(cfg: DemoConfig) -> dict[str, int]:
+    counts = {t.task: round(cfg.sft_examples_per_task * t.weight) for t in cfg.tasks}
+    for t in cfg.tasks:
+        if t.weight <= 0 or counts[t.task] < 1:
+            raise ValueError(f"demo config: tasks[{t.task}].weight={t.weight} leaves it no SFT examples "
+                             f"(sft_examples_per_task={cfg.sft_examples_per_task})")
+    return counts
+
+
 async def make_trajectories(cfg: DemoConfig, tasks: dict[str, Any], executor: Any) -> list[list[dict[str, str]]]:
     """Code-interpreter conversations: the task's program, run by the real executor, its
     printed output inserted as the tool message, then the answer read from that output."""
     conversations = []
+    counts = sft_example_counts(cfg)
     for name, task in tasks.items():
-        examples = list(task.examples(cfg.sft_examples_per_task, seed=cfg.seed, split="train"))
+        examples = list(task.examples(counts[name], seed=cfg.seed, split="train"))
         programs = [task.solution_code(e) for e in examples]
         results = await asyncio.gather(*[executor.run(p) for p in programs])
         for example, program, result in zip(examples, programs, results):
@@ -51,7 +61,12 @@ def train_demo_tokenizer(cfg: DemoConfig, conversations: list[list[dict[str, str
     from r1ci_jax.tokenizer import train_tokenizer
     # Role headers too, so "user" / "assistant" become single tokens as in Qwen's vocabulary.
     texts = [f"{m['role']}\n{m['content']}" for c in conversations for m in c]
-    tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, extra_tokens=PROTOCOL_TOKENS)
+    # A merge must be as common as the tasks' own wording (in >= 1 of 10 conversations):
+    # merges of random letter pairs would tokenize the same random string in varying
+    # pieces, which a tiny model copies and counts worse than single letters.
+    min_frequency = max(2, len(conversations) // 10)
+    tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, min_frequency=min_frequency,
+                                extra_tokens=PROTOCOL_TOKENS)
     tokenizer.save_pretrained(str(path))
     return tokenizer
 
@@ -73,7 +88,8 @@ def run_sft_phase(cfg: DemoConfig, tokenizer: Any, data_file: Path, out: Path, p
         "data": {"train_file": str(data_file), "seq_len": cfg.sft_seq_len, "packing": True,
                  "batch_size": cfg.sft_batch_size, "micro_batch_size": cfg.sft_batch_size, "seed": cfg.seed},
         "mesh": {"mesh": {"data": -1, "fsdp": 1, "tensor": 1}},
-        "optimizer": {"learning_rate": cfg.sft_learning_rate, "warmup_steps": max(1, cfg.sft_steps // 20)},
+        "optimizer": {"learning_rate": cfg.sft_learning_rate, "warmup_steps": max(1, cfg.sft_steps // 20),
+                      "b2": cfg.sft_adam_b2},
         "loop": {"output_dir": str(out), "total_steps": cfg.sft_steps, "checkpoint_every": 0, "export_hf": True,
                  "progress": progress, "log_every": 10, "tensorboard": False},
     }, where="demo sft")
