@@ -100,6 +100,31 @@ def sample_reference(logits: jax.Array, temperature: jax.Array, top_k: jax.Array
                           greedy=greedy, top_k_bound=top_k_bound)
 
 
+def _effective_k(top_k: jax.Array, V: int) -> jax.Array:
+    """top_k per row with 0 or >= V meaning the whole vocabulary."""
+    return jnp.where((top_k <= 0) | (top_k >= V), V, top_k).astype(jnp.int32)
+
+
+def _nucleus_min(ranked: jax.Array, in_top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """The smallest score of the top-p nucleus: ranked f32[B, R] descending, in_top_k
+    bool[B, R] (the scores top-p chooses among) -> f32[B, 1]."""
+    mass = jnp.where(in_top_k, jnp.exp(ranked - ranked[:, :1]), 0.0)
+    cumulative = jnp.cumsum(mass, axis=-1)
+    target = top_p.astype(jnp.float32)[:, None] * cumulative[:, -1:]
+    first = jnp.argmax(cumulative >= target, axis=-1)  # first index reaching the mass
+    return jnp.take_along_axis(ranked, first[:, None], 1)
+
+
+def _noisy_argmax(scores: jax.Array, keep: jax.Array, token_ids: jax.Array, temperature: jax.Array,
+                  seeds: jax.Array) -> jax.Array:
+    """Gumbel-max over the kept scores (no noise where temperature is 0): the position of
+    the winner in `scores` (f32[B, N]; token_ids int32[B, N] or [1, N] name their tokens)."""
+    seeds = seeds.astype(jnp.int32)
+    noise = gumbel_noise(seeds[:, :1], seeds[:, 1:], token_ids)
+    noise = jnp.where(temperature[:, None] > 0, noise, 0.0)
+    return jnp.argmax(jnp.where(keep, scores + noise, -jnp.inf), axis=-1)
+
+
 def _sample_scaled(s: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array,
                    *, use_top_k: bool, use_top_p: bool, greedy: bool,
                    top_k_bound: int | None) -> tuple[jax.Array, jax.Array]:
@@ -115,23 +140,14 @@ def _sample_scaled(s: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p
             ranked = lax.top_k(s, top_k_bound)[0]  # descending; every row's k-th is in here
         else:
             ranked = -jnp.sort(-s, axis=-1)  # descending
-        k_eff = jnp.where((top_k <= 0) | (top_k >= V), V, top_k).astype(jnp.int32)
-        kth = jnp.take_along_axis(ranked, (k_eff - 1)[:, None], 1)  # [B, 1]
+        kth = jnp.take_along_axis(ranked, (_effective_k(top_k, V) - 1)[:, None], 1)  # [B, 1]
         if use_top_k:
             keep = s >= kth
         if use_top_p:
             in_top_k = ranked >= kth if use_top_k else jnp.ones_like(ranked, bool)
-            mass = jnp.where(in_top_k, jnp.exp(ranked - jnp.max(s, axis=-1, keepdims=True)), 0.0)
-            cumulative = jnp.cumsum(mass, axis=-1)
-            target = top_p.astype(jnp.float32)[:, None] * cumulative[:, -1:]
-            first = jnp.argmax(cumulative >= target, axis=-1)  # first index reaching the mass
-            nucleus_min = jnp.take_along_axis(ranked, first[:, None], 1)
-            keep = keep & ((s >= nucleus_min) | (top_p[:, None] >= 1.0))
+            keep = keep & ((s >= _nucleus_min(ranked, in_top_k, top_p)) | (top_p[:, None] >= 1.0))
     index = jnp.arange(V, dtype=jnp.int32)[None, :]
-    seeds = seeds.astype(jnp.int32)
-    noise = gumbel_noise(seeds[:, :1], seeds[:, 1:], index)
-    noise = jnp.where(temperature[:, None] > 0, noise, 0.0)
-    tokens = jnp.argmax(jnp.where(keep, s + noise, -jnp.inf), axis=-1).astype(jnp.int32)
+    tokens = _noisy_argmax(s, keep, index, temperature, seeds).astype(jnp.int32)
     return tokens, jnp.take_along_axis(logprobs_all, tokens[:, None], 1)[:, 0]
 
 
@@ -145,23 +161,15 @@ def _sample_top_k_candidates(s: jax.Array, temperature: jax.Array, top_k: jax.Ar
     """
     B, V = s.shape
     values, indices = lax.top_k(s, bound)  # descending; equal scores in index order
-    k_eff = jnp.clip(jnp.where((top_k <= 0) | (top_k >= V), V, top_k), 1, bound).astype(jnp.int32)
+    k_eff = jnp.clip(_effective_k(top_k, V), 1, bound)
     kth = jnp.take_along_axis(values, (k_eff - 1)[:, None], 1)  # [B, 1]
     log_z = jax.nn.logsumexp(s, axis=-1)
 
     def from_candidates(_):
         keep = values >= kth
         if use_top_p:
-            mass = jnp.where(keep, jnp.exp(values - values[:, :1]), 0.0)
-            cumulative = jnp.cumsum(mass, axis=-1)
-            target = top_p.astype(jnp.float32)[:, None] * cumulative[:, -1:]
-            first = jnp.argmax(cumulative >= target, axis=-1)
-            nucleus_min = jnp.take_along_axis(values, first[:, None], 1)
-            keep = keep & ((values >= nucleus_min) | (top_p[:, None] >= 1.0))
-        seeds32 = seeds.astype(jnp.int32)
-        noise = gumbel_noise(seeds32[:, :1], seeds32[:, 1:], indices)
-        noise = jnp.where(temperature[:, None] > 0, noise, 0.0)
-        pick = jnp.argmax(jnp.where(keep, values + noise, -jnp.inf), axis=-1)[:, None]
+            keep = keep & ((values >= _nucleus_min(values, keep, top_p)) | (top_p[:, None] >= 1.0))
+        pick = _noisy_argmax(values, keep, indices, temperature, seeds)[:, None]
         token = jnp.take_along_axis(indices, pick, 1)[:, 0].astype(jnp.int32)
         return token, jnp.take_along_axis(values, pick, 1)[:, 0] - log_z
 
