@@ -20,9 +20,11 @@ def test_demo_pipeline_at_toy_scale(tmp_path, capsys):
     assert (tmp_path / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "grpo" / "hf" / "tokenizer.json").is_file()
     lines = (tmp_path / "sft.jsonl").read_text().splitlines()
-    first = json.loads(lines[0])["messages"]
-    assert [m["role"] for m in first] == ["user", "assistant", "tool", "assistant"]
-    assert first[2]["content"].startswith("Code Execution Results:")
+    roles = [[m["role"] for m in json.loads(line)["messages"]] for line in lines]
+    assert ["user", "assistant"] in roles  # letter_count's direct answers
+    with_code = [json.loads(line)["messages"] for line, r in zip(lines, roles) if len(r) == 4]
+    assert with_code and all(r in (["user", "assistant"], ["user", "assistant", "tool", "assistant"]) for r in roles)
+    assert with_code[0][2]["content"].startswith("Code Execution Results:")
 
 
 def test_shipped_demo_yaml_is_the_default():
@@ -63,3 +65,38 @@ def test_demo_tokenizer_keeps_random_strings_one_letter_per_token(tmp_path):
         letters = [p.strip() for p in pieces[start:start + len(held_out)]]
         assert "".join(letters) == held_out and all(len(p) == 1 for p in letters), pieces
     assert len(tokenizer.encode("How many times does the letter")) <= 8  # the wording itself is merged
+
+
+def test_direct_share_of_sft_trajectories_answers_without_code():
+    """A task's `direct_share` of the trajectories state the gold answer with no code turn; the
+    rest run the program and read the answer from its output."""
+    import asyncio
+    import contextlib
+    import io
+
+    import pytest
+
+    from r1ci_jax.demo.config import DemoTask
+    from r1ci_jax.demo.pipeline import build_tasks, make_trajectories
+
+    class InProcessExecutor:  # the canonical programs are plain prints: exec them here
+        async def run(self, code):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                exec(code, {})
+            return type("Result", (), {"status": "ok", "stdout": out.getvalue(), "stderr": ""})()
+
+    cfg = DemoConfig(tasks=[DemoTask("multiplication", {"digits_a": 2, "digits_b": 2}, direct_share=0.3)],
+                     sft_examples_per_task=400)
+    conversations = asyncio.run(make_trajectories(cfg, build_tasks(cfg), InProcessExecutor()))
+    direct = [c for c in conversations if len(c) == 2]
+    with_code = [c for c in conversations if len(c) == 4]
+    assert len(direct) + len(with_code) == 400
+    assert 0.22 < len(direct) / 400 < 0.38
+    for c in direct:
+        a, b = (int(x) for x in c[0]["content"].rstrip(".").split("Compute ")[1].split(" * "))
+        assert c[1] == {"role": "assistant", "content": f"<<<{a * b}>>>"}
+    assert all(c[1]["content"].startswith("```python") and c[2]["role"] == "tool" for c in with_code)
+    bad = DemoConfig(tasks=[DemoTask("multiplication", {"digits_a": 2, "digits_b": 2}, direct_share=1.0)])
+    with pytest.raises(ValueError, match=r"tasks\[multiplication\].direct_share=1.0"):
+        asyncio.run(make_trajectories(bad, build_tasks(bad), InProcessExecutor()))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from r1ci_jax.config import from_dict, to_dict
+from r1ci_jax.config import from_dict
 from r1ci_jax.demo.config import DemoConfig
 from r1ci_jax.tasks import get_task
 from r1ci_jax.tasks.protocol import format_answer, format_code_block, format_execution_results
@@ -28,6 +28,9 @@ def build_tasks(cfg: DemoConfig) -> dict[str, Any]:
 def sft_example_counts(cfg: DemoConfig) -> dict[str, int]:
     counts = {t.task: round(cfg.sft_examples_per_task * t.weight) for t in cfg.tasks}
     for t in cfg.tasks:
+        if not 0.0 <= t.direct_share < 1.0:
+            raise ValueError(f"demo config: tasks[{t.task}].direct_share={t.direct_share} must be in [0, 1) "
+                             "(the share of its SFT trajectories that answer without code)")
         if t.weight <= 0 or counts[t.task] < 1:
             raise ValueError(f"demo config: tasks[{t.task}].weight={t.weight} leaves it no SFT examples "
                              f"(sft_examples_per_task={cfg.sft_examples_per_task})")
@@ -36,9 +39,12 @@ def sft_example_counts(cfg: DemoConfig) -> dict[str, int]:
 
 async def make_trajectories(cfg: DemoConfig, tasks: dict[str, Any], executor: Any) -> list[list[dict[str, str]]]:
     """Code-interpreter conversations: the task's program, run by the real executor, its
-    printed output inserted as the tool message, then the answer read from that output."""
+    printed output inserted as the tool message, then the answer read from that output.
+    A task's `direct_share` of them state the answer directly instead (no code)."""
     conversations = []
     counts = sft_example_counts(cfg)
+    direct_rng = random.Random(cfg.seed + 7)
+    direct_shares = {t.task: t.direct_share for t in cfg.tasks}
     for name, task in tasks.items():
         examples = list(task.examples(counts[name], seed=cfg.seed, split="train"))
         programs = [task.solution_code(e) for e in examples]
@@ -49,7 +55,12 @@ async def make_trajectories(cfg: DemoConfig, tasks: dict[str, Any], executor: An
             answer = result.stdout.strip()
             if task.score(answer, example) != 1.0:
                 raise RuntimeError(f"{name}: the canonical program printed {answer!r}, not the gold answer")
-            conversations.append(task.prompt(example, style=cfg.system_prompt) + [
+            prompt = task.prompt(example, style=cfg.system_prompt)
+            if direct_rng.random() < direct_shares[name]:
+                # As a text-only reasoner would: the (correct) answer, stated without running code.
+                conversations.append(prompt + [{"role": "assistant", "content": format_answer(answer)}])
+                continue
+            conversations.append(prompt + [
                 {"role": "assistant", "content": format_code_block(program)},
                 {"role": "tool", "content": format_execution_results(result.stdout)},
                 {"role": "assistant", "content": format_answer(answer)}])
@@ -74,7 +85,7 @@ def train_demo_tokenizer(cfg: DemoConfig, conversations: list[list[dict[str, str
 def architecture(cfg: DemoConfig, tokenizer: Any) -> dict[str, Any]:
     return dict(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                 num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-                rope_theta=10000.0, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                rope_theta=10000.0, tie_word_embeddings=True, initializer_range=cfg.init_std, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, max_position_embeddings=cfg.max_len)
 
 
@@ -109,7 +120,8 @@ def run_grpo_phase(cfg: DemoConfig, tokenizer: Any, model_dir: Path, out: Path, 
                                 "rollout": {"max_total_tokens": cfg.max_total_tokens, "chunk_steps": 16,
                                             "max_code_calls": 2, "exec_timeout_s": 5.0}}},
         "prompts": {"factory": "r1ci_jax.rl.prompts:grain_prompts",
-                    "options": {"mixture": {"tasks": [to_dict(t) for t in cfg.tasks]}, "split": "train",
+                    "options": {"mixture": {"tasks": [{"task": t.task, "options": t.options, "weight": t.weight}
+                                                          for t in cfg.tasks]}, "split": "train",
                                 "seed": cfg.seed + 1, "max_prompt_tokens": cfg.max_len - cfg.max_total_tokens - 8,
                                 "system_prompt": cfg.system_prompt, "read_threads": 0}},
         "mesh": {"mesh": {"data": -1, "fsdp": 1, "tensor": 1}},
