@@ -85,8 +85,9 @@ def train_demo_tokenizer(cfg: DemoConfig, conversations: list[list[dict[str, str
 def architecture(cfg: DemoConfig, tokenizer: Any) -> dict[str, Any]:
     return dict(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                 num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-                rope_theta=10000.0, tie_word_embeddings=True, initializer_range=cfg.init_std, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, max_position_embeddings=cfg.max_len)
+                rope_theta=10000.0, tie_word_embeddings=True, initializer_range=cfg.init_std,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                max_position_embeddings=cfg.max_len)
 
 
 def run_sft_phase(cfg: DemoConfig, tokenizer: Any, data_file: Path, out: Path, progress: bool) -> Path:
