@@ -43,7 +43,7 @@ async def make_trajectories(cfg: DemoConfig, tasks: dict[str, Any], executor: An
     A task's `direct_share` of them state the answer directly instead (no code)."""
     conversations = []
     counts = sft_example_counts(cfg)
-    direct_rng = random.Random(cfg.seed + 7)
+    direct_rng = random.Random(cfg.seed + 7)  # its own stream: the final shuffle uses cfg.seed
     direct_shares = {t.task: t.direct_share for t in cfg.tasks}
     for name, task in tasks.items():
         examples = list(task.examples(counts[name], seed=cfg.seed, split="train"))
