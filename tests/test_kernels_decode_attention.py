@@ -98,6 +98,36 @@ def test_gpu_kernel_matches_reference_in_mosaic_gpu_interpreter(case):
     np.testing.assert_allclose(_f32(out), _f32(ref), atol=2e-2, rtol=0)
 
 
+# (B, H, K, Dh, S, block_kv): GQA ratios 1, 4, 7; S a multiple of block_kv or not; block > S.
+BLOCKED_CASES = [(4, 8, 2, 32, 64, 16), (4, 7, 1, 16, 40, 16), (3, 4, 4, 8, 24, 64), (4, 14, 2, 64, 100, 32)]
+
+
+@pytest.mark.parametrize("B,H,K,Dh,S,block_kv", BLOCKED_CASES)
+def test_blocked_matches_reference(B, H, K, Dh, S, block_kv):
+    q, k, v, lengths = _inputs(B, H, K, Dh, S, jnp.float32, seed=S)  # lengths 1, S, S/2+3, 0
+    blocked = jax.jit(functools.partial(da.decode_attention_blocked, block_kv=block_kv))
+    np.testing.assert_allclose(_f32(blocked(q, k, v, lengths)), _f32(da.decode_attention_reference(q, k, v, lengths)),
+                               atol=2e-6)
+    # Stacked [L, B, S, K, Dh] cache read at a traced layer index.
+    stacked = lambda x: jnp.stack([x[::-1], x])
+    at_layer = jax.jit(lambda layer: blocked(q, stacked(k), stacked(v), lengths, layer=layer))
+    np.testing.assert_allclose(_f32(at_layer(jnp.int32(1))), _f32(da.decode_attention_reference(q, k, v, lengths)),
+                               atol=2e-6)
+
+
+def test_blocked_reads_only_blocks_up_to_the_longest_row():
+    """NaN in every block past the longest row's last live block: the blocked path never
+    reads them (the reference multiplies them by zero weights and returns NaN)."""
+    B, H, K, Dh, S, block = 3, 4, 2, 8, 64, 16
+    q, k, v, _ = _inputs(B, H, K, Dh, S, jnp.float32)
+    lengths = jnp.asarray([5, 20, 0], jnp.int32)  # longest row ends in block 1 of 4
+    poisoned = lambda x: x.at[:, 2 * block:].set(jnp.nan)
+    out = da.decode_attention_blocked(q, poisoned(k), poisoned(v), lengths, block_kv=block)
+    assert np.isnan(_f32(da.decode_attention_reference(q, poisoned(k), poisoned(v), lengths))).any()
+    np.testing.assert_allclose(_f32(out), _f32(da.decode_attention_reference(q, k, v, lengths)), atol=2e-6)
+    np.testing.assert_array_equal(_f32(out)[2], 0.0)  # the length-0 row
+
+
 def test_kernels_lower_for_tpu_and_gpu():
     q, k, v, lengths = _inputs(2, 8, 2, 128, 128, jnp.bfloat16)
     stacked = lambda x: jnp.stack([x, x])
@@ -111,7 +141,7 @@ def test_kernels_lower_for_tpu_and_gpu():
 
 def test_dispatch_and_bad_inputs():
     q, k, v, lengths = _inputs(2, 4, 2, 16, 32, jnp.float32)
-    assert da.resolve_impl("auto") == "reference"  # CPU
+    assert da.resolve_impl("auto") == "blocked"  # CPU
     assert da.resolve_impl("pallas") == "tpu"      # interpreted on CPU
     forced = da.decode_attention(q, k, v, lengths, impl="pallas", block_kv=16)
     np.testing.assert_allclose(_f32(forced), _f32(da.decode_attention_reference(q, k, v, lengths)), atol=2e-6)

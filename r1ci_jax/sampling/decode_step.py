@@ -14,7 +14,7 @@ them for its matmul library) inside every step of a layer scan, and a one-token
 step is bound by reading weights and by per-op overhead. `host_layout` prepares
 the weights once per decode chunk instead (outside the decode loop): per layer,
 unrolled, in [in, out] order with q/k/v fused into one matrix and gate/up into
-another (7 matmuls per layer become 4), and the LM head as [D, V]. It costs a copy
+another (7 matmuls per layer become 4); the LM head stays [V, D] (`host_logits`). It costs a copy
 of the weights, so accelerators keep the scan (their matmuls read the stacked
 slices in place). `host_attention_inputs` / `host_output_and_mlp` are the model's
 two layer halves restated on those fused weights; tests hold them to the model's
@@ -36,7 +36,7 @@ StackedDecodeAttention = Callable[..., jax.Array]
 
 
 def host_layout(params: Params, config: Qwen2Config) -> tuple[list[Params], jax.Array]:
-    """(per-layer fused weights, LM head [D, V]) for `decode_step` on CPU (module docstring).
+    """(per-layer fused weights, LM head [V, D]) for `decode_step` on CPU (module docstring).
 
     Each layer: qkv [D, (H + 2K) Dh], qkv_bias [(H + 2K) Dh], o [H Dh, D],
     gate_up [D, 2F], down [F, D] in the compute dtype; norms as stored.
@@ -54,8 +54,20 @@ def host_layout(params: Params, config: Qwen2Config) -> tuple[list[Params], jax.
             "gate_up": jnp.concatenate([layer["gate"], layer["up"]]).T.astype(dtype),
             "down": layer["down"].T.astype(dtype),
             "input_norm": layer["input_norm"], "post_attn_norm": layer["post_attn_norm"]})
-    head = params["embed" if config.tie_word_embeddings else "lm_head"].astype(dtype).T
+    head = params["embed" if config.tie_word_embeddings else "lm_head"].astype(dtype)
     return layers, head
+
+
+def host_logits(x: jax.Array, head: jax.Array) -> jax.Array:
+    """x [B, D], head [V, D] -> f32 logits [B, V], computed as head @ x.T.
+
+    XLA:CPU's matmul streams the [V, D] weight faster as the left operand of a
+    [V, B] product than as the right operand of x @ head.T (bench/RESULTS.md: ~7% per
+    generate call). The barrier keeps layout assignment from folding the final
+    transpose into the dot, which would bring back the slow form (19% slower).
+    """
+    logits = jax.lax.dot_general(head, x, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(logits).T
 
 
 def host_attention_inputs(config: Qwen2Config, x: jax.Array, layer: Params,
@@ -127,6 +139,6 @@ def decode_step(params: Params, config: Qwen2Config, tokens: jax.Array, cache: C
     if head is None:
         logits = logits_from_hidden(params, config, x[:, 0])
     else:
-        logits = jnp.dot(x[:, 0], head, preferred_element_type=jnp.float32)
+        logits = host_logits(x[:, 0], head)
     new_cache = {"k": k_cache, "v": v_cache, "lengths": starts + active.astype(jnp.int32)}
     return logits, new_cache

@@ -88,7 +88,7 @@ class Engine:
         # The user's choice, not the resolved one: "auto" may still fall back per shape
         # (e.g. an f32 cache on GPU), "pallas" raises instead.
         fn = functools.partial(attention_kernels.decode_attention, impl=self.kernels)
-        if self.mesh is None or self.attention_impl == "reference":
+        if self.mesh is None or self.attention_impl in attention_kernels.PLAIN_JAX_IMPLS:
             return fn  # plain JAX partitions itself under GSPMD
         from jax.sharding import PartitionSpec as P
 
