@@ -13,8 +13,9 @@ On CPU, XLA copies each layer's weights out of the stacked arrays (and transpose
 them for its matmul library) inside every step of a layer scan, and a one-token
 step is bound by reading weights and by per-op overhead. `host_layout` prepares
 the weights once per decode chunk instead (outside the decode loop): per layer,
-unrolled, in [in, out] order with q/k/v fused into one matrix and gate/up into
-another (7 matmuls per layer become 4); the LM head stays [V, D] (`host_logits`). It costs a copy
+unrolled, with q/k/v fused into one matrix and gate/up into another (7 matmuls
+per layer become 4), every matrix kept [out, in] and multiplied weight-first
+(`weight_first_matmul`); the LM head is used as stored. It costs a copy
 of the weights, so accelerators keep the scan (their matmuls read the stacked
 slices in place). `host_attention_inputs` / `host_output_and_mlp` are the model's
 two layer halves restated on those fused weights; tests hold them to the model's
@@ -38,8 +39,9 @@ StackedDecodeAttention = Callable[..., jax.Array]
 def host_layout(params: Params, config: Qwen2Config) -> tuple[list[Params], jax.Array]:
     """(per-layer fused weights, LM head [V, D]) for `decode_step` on CPU (module docstring).
 
-    Each layer: qkv [D, (H + 2K) Dh], qkv_bias [(H + 2K) Dh], o [H Dh, D],
-    gate_up [D, 2F], down [F, D] in the compute dtype; norms as stored.
+    Each layer, every matrix [out, in] as stored: qkv [(H + 2K) Dh, D], qkv_bias
+    [(H + 2K) Dh], o [D, H Dh], gate_up [2F, D], down [D, F] in the compute dtype;
+    norms as stored.
     """
     dtype, D = config.jnp_dtype, config.hidden_size
     stacked = params["layers"]
@@ -48,26 +50,27 @@ def host_layout(params: Params, config: Qwen2Config) -> tuple[list[Params], jax.
         layer = jax.tree.map(lambda a, i=i: a[i], stacked)
         rows = lambda name, layer=layer: layer[name].reshape(-1, D)  # [out, D]
         layers.append({
-            "qkv": jnp.concatenate([rows("q"), rows("k"), rows("v")]).T.astype(dtype),
+            "qkv": jnp.concatenate([rows("q"), rows("k"), rows("v")]).astype(dtype),
             "qkv_bias": jnp.concatenate([layer[f"{n}_bias"].reshape(-1) for n in "qkv"]).astype(dtype),
-            "o": layer["o"].reshape(D, -1).T.astype(dtype),
-            "gate_up": jnp.concatenate([layer["gate"], layer["up"]]).T.astype(dtype),
-            "down": layer["down"].T.astype(dtype),
+            "o": layer["o"].reshape(D, -1).astype(dtype),
+            "gate_up": jnp.concatenate([layer["gate"], layer["up"]]).astype(dtype),
+            "down": layer["down"].astype(dtype),
             "input_norm": layer["input_norm"], "post_attn_norm": layer["post_attn_norm"]})
     head = params["embed" if config.tie_word_embeddings else "lm_head"].astype(dtype)
     return layers, head
 
 
-def host_logits(x: jax.Array, head: jax.Array) -> jax.Array:
-    """x [B, D], head [V, D] -> f32 logits [B, V], computed as head @ x.T.
+def weight_first_matmul(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """x [B, in], w [out, in] -> x @ w.T [B, out], computed as (w @ x.T).T.
 
-    XLA:CPU's matmul streams the [V, D] weight faster as the left operand of a
-    [V, B] product than as the right operand of x @ head.T (bench/RESULTS.md: ~7% per
-    generate call). The barrier keeps layout assignment from folding the final
-    transpose into the dot, which would bring back the slow form (19% slower).
+    At decode batch sizes XLA:CPU's matmul streams a weight faster as the left
+    operand of an [out, B] product than as the right operand of [B, out] (bench/RESULTS.md:
+    ~7% per generate call for the LM head, ~9% more for the layers). The barrier keeps
+    layout assignment from folding the transpose back into the dot, which restores
+    the slow form (19% slower than without the change).
     """
-    logits = jax.lax.dot_general(head, x, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    return jax.lax.optimization_barrier(logits).T
+    out = jax.lax.dot_general(w, x, (((1,), (1,)), ((), ())), preferred_element_type=out_dtype)
+    return jax.lax.optimization_barrier(out).T
 
 
 def host_attention_inputs(config: Qwen2Config, x: jax.Array, layer: Params,
@@ -77,7 +80,7 @@ def host_attention_inputs(config: Qwen2Config, x: jax.Array, layer: Params,
     B = x.shape[0]
     H, K, Dh = config.num_heads, config.num_kv_heads, config.head_dim
     h = rms_norm(x, layer["input_norm"], config.rms_norm_eps)
-    qkv = jnp.dot(h, layer["qkv"]) + layer["qkv_bias"]
+    qkv = weight_first_matmul(h, layer["qkv"]) + layer["qkv_bias"]
     q = rope(qkv[:, :H * Dh].reshape(B, 1, H, Dh), positions, config.rope_theta)[:, 0]
     k = rope(qkv[:, H * Dh:(H + K) * Dh].reshape(B, 1, K, Dh), positions, config.rope_theta)[:, 0]
     return q, k, qkv[:, (H + K) * Dh:].reshape(B, K, Dh)
@@ -86,10 +89,10 @@ def host_attention_inputs(config: Qwen2Config, x: jax.Array, layer: Params,
 def host_output_and_mlp(config: Qwen2Config, x: jax.Array, attn: jax.Array, layer: Params) -> jax.Array:
     """`attention_output_and_mlp` on `host_layout` weights: x [B, D], attn [B, H, Dh] -> [B, D]."""
     F = config.intermediate_size
-    x = x + jnp.dot(attn.astype(x.dtype).reshape(x.shape[0], -1), layer["o"])
+    x = x + weight_first_matmul(attn.astype(x.dtype).reshape(x.shape[0], -1), layer["o"])
     h = rms_norm(x, layer["post_attn_norm"], config.rms_norm_eps)
-    gate_up = jnp.dot(h, layer["gate_up"])
-    return x + jnp.dot(jax.nn.silu(gate_up[:, :F]) * gate_up[:, F:], layer["down"])
+    gate_up = weight_first_matmul(h, layer["gate_up"])
+    return x + weight_first_matmul(jax.nn.silu(gate_up[:, :F]) * gate_up[:, F:], layer["down"])
 
 
 def decode_step(params: Params, config: Qwen2Config, tokens: jax.Array, cache: Cache, active: jax.Array,
@@ -139,6 +142,6 @@ def decode_step(params: Params, config: Qwen2Config, tokens: jax.Array, cache: C
     if head is None:
         logits = logits_from_hidden(params, config, x[:, 0])
     else:
-        logits = host_logits(x[:, 0], head)
+        logits = weight_first_matmul(x[:, 0], head, jnp.float32)
     new_cache = {"k": k_cache, "v": v_cache, "lengths": starts + active.astype(jnp.int32)}
     return logits, new_cache
