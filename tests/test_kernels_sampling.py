@@ -148,3 +148,24 @@ def test_dispatch_and_shape_errors():
         ks.sample(logits, t, k, p, seeds, impl="gpu")
     with pytest.raises(ValueError, match="seeds"):
         ks.sample(logits, t, k, p, seeds[:, :1])
+
+
+def test_first_argmax_is_jnp_argmax():
+    """Ties (first wins), a NaN (counts as the maximum, as in jnp.argmax), all -inf, one column."""
+    logits, _ = _rows(6, 300)
+    logits = logits.at[1, 7].set(jnp.nan).at[1, 200].set(jnp.nan).at[2].set(-jnp.inf)
+    logits = logits.at[3, 299].set(100.0).at[4, 0].set(100.0)  # maximum at either end
+    for x in (logits, logits[:, :1], -logits):
+        np.testing.assert_array_equal(np.asarray(jax.jit(ks.first_argmax)(x)), np.asarray(jnp.argmax(x, axis=-1)))
+    assert [int(i) for i in ks.first_argmax(logits)[:3]] == [0, 7, 0]
+
+
+def test_greedy_logprob_is_log_softmax_at_the_argmax():
+    logits, seeds = _rows(4, 300)
+    B = logits.shape[0]
+    tokens, logprobs = ks.sample_reference(logits, jnp.zeros(B), jnp.zeros(B, jnp.int32), jnp.ones(B), seeds,
+                                           greedy=True)
+    x = np.asarray(logits, np.float64)
+    want = x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    np.testing.assert_array_equal(np.asarray(tokens), np.argmax(x, -1))
+    np.testing.assert_allclose(np.asarray(logprobs), want[np.arange(B), np.asarray(tokens)], atol=1e-6)

@@ -73,6 +73,15 @@ def _scaled(logits: jax.Array, temperature: jax.Array) -> jax.Array:
     return jnp.where(s == 0, 0.0, s)
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (first maximum; a NaN counts as the maximum) as two
+    plain reductions: XLA:CPU runs argmax as a variadic (value, index) reduce that
+    costs ~3x a max plus a masked min over [8, 32k] logits (bench/RESULTS.md)."""
+    m = jnp.max(x, axis=-1, keepdims=True)  # NaN if the row has one
+    index = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where((x == m) | jnp.isnan(x), index, x.shape[-1]), axis=-1)
+
+
 def _ordered_key(s: jax.Array) -> jax.Array:
     """int32 image of float32 s that preserves order (for exact bisection)."""
     bits = lax.bitcast_convert_type(s, jnp.int32)
@@ -122,7 +131,7 @@ def _noisy_argmax(scores: jax.Array, keep: jax.Array, token_ids: jax.Array, temp
     seeds = seeds.astype(jnp.int32)
     noise = gumbel_noise(seeds[:, :1], seeds[:, 1:], token_ids)
     noise = jnp.where(temperature[:, None] > 0, noise, 0.0)
-    return jnp.argmax(jnp.where(keep, scores + noise, -jnp.inf), axis=-1)
+    return first_argmax(jnp.where(keep, scores + noise, -jnp.inf))
 
 
 def _sample_scaled(s: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array,
@@ -130,10 +139,11 @@ def _sample_scaled(s: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p
                    top_k_bound: int | None) -> tuple[jax.Array, jax.Array]:
     """The whole-vocabulary reference on scores already scaled by the temperature."""
     B, V = s.shape
+    if greedy:  # the maximum's logprob, without materialising log_softmax over the vocabulary
+        tokens = first_argmax(s)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        return tokens, -jnp.log(jnp.sum(jnp.exp(s - m), axis=-1))
     logprobs_all = jax.nn.log_softmax(s, axis=-1)
-    if greedy:
-        tokens = jnp.argmax(s, axis=-1).astype(jnp.int32)
-        return tokens, jnp.take_along_axis(logprobs_all, tokens[:, None], 1)[:, 0]
     keep = jnp.ones((B, V), bool)
     if use_top_k or use_top_p:
         if use_top_k and top_k_bound is not None and top_k_bound < V:
