@@ -1,0 +1,94 @@
+"""How fast can a batch-8 fp32 decode step be on this CPU? Memory and matmul ceilings.
+
+    python bench/decode_roofline.py [--batch 8 --vocab 32000 --hidden 512 --layers 4 --intermediate 1408]
+
+A decode step at small batch reads every weight once, so its floor is bytes / bandwidth.
+This prints, measured in this process:
+- the streaming read bandwidth XLA:CPU reaches (a sum over a 512 MiB array);
+- the weight bandwidth its matmul reaches on LM-head-shaped weights [V, D] for several
+  batch sizes, as x @ W.T and weight-first (W @ x.T, what our CPU decode step uses),
+  over 4 distinct weight copies (> L3) so every call streams from memory. If the rate
+  falls as the batch grows, the matmul is bound by compute, not memory;
+- the bytes a step of the `bench/sampler.py` model reads and the step time each rate allows.
+Compare with the step time `bench/sampler.py` implies (its wall time / new tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def median_seconds(fn, repeat: int) -> float:
+    fn()  # compile / warm
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def stream_bandwidth(repeat: int) -> float:
+    data = jnp.ones((512 * 2**20 // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    return data.nbytes / median_seconds(lambda: total(data).block_until_ready(), repeat)
+
+
+def matmul_bandwidth(weights: list[jax.Array], batch: int, weight_first: bool, repeat: int) -> float:
+    x = jnp.ones((batch, weights[0].shape[1]), jnp.float32)
+    if weight_first:
+        one = lambda x, w: jax.lax.optimization_barrier(jax.lax.dot_general(w, x, (((1,), (1,)), ((), ())))).T
+    else:
+        one = lambda x, w: x @ w.T
+    run = jax.jit(lambda x, ws: sum(one(x, w).sum() for w in ws))  # all of every product is used
+    seconds = median_seconds(lambda: run(x, weights).block_until_ready(), repeat)
+    return sum(w.nbytes for w in weights) / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--intermediate", type=int, default=1408)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--cache-slots", type=int, default=256, help="live KV slots per row (mean over a run)")
+    ap.add_argument("--repeat", type=int, default=15)
+    args = ap.parse_args()
+    V, D, F, L = args.vocab, args.hidden, args.intermediate, args.layers
+    Dh = D // args.heads
+    rng = np.random.default_rng(0)
+    weights = [jnp.asarray(rng.standard_normal((V, D)), jnp.float32) for _ in range(4)]
+
+    print(f"jax {jax.__version__} on {jax.default_backend()}; LM-head-shaped weights [{V}, {D}] fp32, "
+          f"4 copies ({sum(w.nbytes for w in weights) / 2**20:.0f} MiB)")
+    stream = stream_bandwidth(args.repeat)
+    print(f"streaming read (XLA sum over 512 MiB): {stream / 1e9:6.1f} GB/s")
+    rates = {}
+    for batch in sorted({1, 4, args.batch, 2 * args.batch}):
+        plain = matmul_bandwidth(weights, batch, False, args.repeat)
+        first = matmul_bandwidth(weights, batch, True, args.repeat)
+        rates[batch] = max(plain, first)
+        print(f"matmul batch {batch:3d}: x @ W.T {plain / 1e9:6.1f} GB/s   weight-first {first / 1e9:6.1f} GB/s "
+              f"of weights ({2 * batch * rates[batch] / 4 / 1e9:5.0f} GFLOP/s)")
+
+    layer = D * (args.heads + 2 * args.kv_heads) * Dh + args.heads * Dh * D + 3 * D * F
+    weight_bytes = 4 * (V * D + L * layer)
+    kv_bytes = 4 * 2 * L * args.batch * args.cache_slots * args.kv_heads * Dh
+    step_bytes = weight_bytes + kv_bytes
+    print(f"one decode step of the bench/sampler.py model (batch {args.batch}): {weight_bytes / 1e6:.0f} MB of "
+          f"weights + {kv_bytes / 1e6:.0f} MB of live KV cache")
+    print(f"  floor at streaming bandwidth:         {step_bytes / stream * 1e3:5.2f} ms per step")
+    print(f"  floor at the batch-{args.batch} matmul rate:      "
+          f"{(weight_bytes / rates[args.batch] + kv_bytes / stream) * 1e3:5.2f} ms per step")
+
+
+if __name__ == "__main__":
+    main()
