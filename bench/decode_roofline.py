@@ -6,7 +6,8 @@ A decode step at small batch reads every weight once, so its floor is bytes / ba
 This prints, measured in this process:
 - the streaming read bandwidth XLA:CPU reaches (a sum over a 512 MiB array);
 - the weight bandwidth its matmul reaches on LM-head-shaped weights [V, D] for several
-  batch sizes, as x @ W.T and weight-first (W @ x.T, what our CPU decode step uses),
+  batch sizes, as x @ W.T and weight-first (W @ x.T), and that of our C++ kernel on the
+  packed weight (r1ci_jax/kernels/cpu_matmul.py, what the CPU decode step uses),
   over 4 distinct weight copies (> L3) so every call streams from memory. If the rate
   falls as the batch grows, the matmul is bound by compute, not memory;
 - the bytes a step of the `bench/sampler.py` model reads and the step time each rate allows.
@@ -39,9 +40,18 @@ def stream_bandwidth(repeat: int) -> float:
     return data.nbytes / median_seconds(lambda: total(data).block_until_ready(), repeat)
 
 
-def matmul_bandwidth(weights: list[jax.Array], batch: int, weight_first: bool, repeat: int) -> float:
+def matmul_bandwidth(weights: list[jax.Array], batch: int, form: str, repeat: int) -> float:
+    """form: "plain" (x @ W.T), "weight_first" (XLA's dot as (W @ x.T).T) or "packed"
+    (the C++ kernel of r1ci_jax/kernels/cpu_matmul.py on pack(W))."""
     x = jnp.ones((batch, weights[0].shape[1]), jnp.float32)
-    if weight_first:
+    if form == "packed":
+        from r1ci_jax.kernels import cpu_matmul
+        out = weights[0].shape[0]
+        packed = [cpu_matmul.pack(w) for w in weights]
+        run = jax.jit(lambda x, ws: sum(cpu_matmul.packed_matmul(x, w, out, impl="kernel").sum() for w in ws))
+        seconds = median_seconds(lambda: run(x, packed).block_until_ready(), repeat)
+        return sum(w.nbytes for w in weights) / seconds
+    if form == "weight_first":
         one = lambda x, w: jax.lax.optimization_barrier(jax.lax.dot_general(w, x, (((1,), (1,)), ((), ())))).T
     else:
         one = lambda x, w: x @ w.T
@@ -71,13 +81,16 @@ def main() -> None:
           f"4 copies ({sum(w.nbytes for w in weights) / 2**20:.0f} MiB)")
     stream = stream_bandwidth(args.repeat)
     print(f"streaming read (XLA sum over 512 MiB): {stream / 1e9:6.1f} GB/s")
-    rates = {}
+    from r1ci_jax.kernels import cpu_matmul
+    forms = ("plain", "weight_first") + (("packed",) if cpu_matmul.available() else ())
+    rates, packed_rates = {}, {}
     for batch in sorted({1, 4, args.batch, 2 * args.batch}):
-        plain = matmul_bandwidth(weights, batch, False, args.repeat)
-        first = matmul_bandwidth(weights, batch, True, args.repeat)
-        rates[batch] = max(plain, first)
-        print(f"matmul batch {batch:3d}: x @ W.T {plain / 1e9:6.1f} GB/s   weight-first {first / 1e9:6.1f} GB/s "
-              f"of weights ({2 * batch * rates[batch] / 4 / 1e9:5.0f} GFLOP/s)")
+        rate = {form: matmul_bandwidth(weights, batch, form, args.repeat) for form in forms}
+        rates[batch] = max(rate["plain"], rate["weight_first"])
+        packed_rates[batch] = rate.get("packed")
+        kernel = f"   C++ packed {rate['packed'] / 1e9:6.1f}" if "packed" in rate else ""
+        print(f"matmul batch {batch:3d}, GB/s of weights: XLA x @ W.T {rate['plain'] / 1e9:6.1f}   XLA weight-first "
+              f"{rate['weight_first'] / 1e9:6.1f} ({2 * batch * rates[batch] / 4 / 1e9:4.0f} GFLOP/s){kernel}")
 
     layer = D * (args.heads + 2 * args.kv_heads) * Dh + args.heads * Dh * D + 3 * D * F
     weight_bytes = 4 * (V * D + L * layer)
@@ -86,8 +99,11 @@ def main() -> None:
     print(f"one decode step of the bench/sampler.py model (batch {args.batch}): {weight_bytes / 1e6:.0f} MB of "
           f"weights + {kv_bytes / 1e6:.0f} MB of live KV cache")
     print(f"  floor at streaming bandwidth:         {step_bytes / stream * 1e3:5.2f} ms per step")
-    print(f"  floor at the batch-{args.batch} matmul rate:      "
+    print(f"  floor at XLA's batch-{args.batch} matmul rate:    "
           f"{(weight_bytes / rates[args.batch] + kv_bytes / stream) * 1e3:5.2f} ms per step")
+    if packed_rates[args.batch]:
+        print(f"  floor at the C++ kernel's batch-{args.batch} rate: "
+              f"{(weight_bytes / packed_rates[args.batch] + kv_bytes / stream) * 1e3:5.2f} ms per step")
 
 
 if __name__ == "__main__":

@@ -269,7 +269,8 @@ def test_state_is_a_pytree(tiny, sampler):
 
 
 def test_decode_step_matches_model_forward_and_kernel_hook(tiny):
-    """The sampler's carried-cache step (scanned, and unrolled on the fused CPU layout) and the
+    """The sampler's carried-cache step (scanned, and unrolled on the fused CPU layout, with
+    XLA's dot and with the packed C++ matmul when it is built) and the
     model's `decode_attention` hook (Pallas kernel, interpreted) all equal the model's own
     one-token cached forward."""
     import functools
@@ -293,13 +294,15 @@ def test_decode_step_matches_model_forward_and_kernel_hook(tiny):
                             decode_attention=kernel)
         stepped, step_cache = decode_step(params, config, tokens, cache, active, kernel)
         fused, fused_cache = decode_step(params, config, tokens, cache, active, kernel, *host_layout(params, config))
-        return want, want_cache, hooked, stepped, step_cache, fused, fused_cache
+        packed, _ = decode_step(params, config, tokens, cache, active, kernel, *host_layout(params, config, True))
+        return want, want_cache, hooked, stepped, step_cache, fused, fused_cache, packed
 
-    want, want_cache, hooked, stepped, step_cache, fused, fused_cache = three_ways(params, cache)
+    want, want_cache, hooked, stepped, step_cache, fused, fused_cache, packed = three_ways(params, cache)
     rows = np.asarray(active)
     np.testing.assert_allclose(np.asarray(hooked)[rows, 0], np.asarray(want)[rows, 0], atol=2e-5)
     np.testing.assert_allclose(np.asarray(stepped)[rows], np.asarray(want)[rows, 0], atol=2e-5)
     np.testing.assert_allclose(np.asarray(fused)[rows], np.asarray(want)[rows, 0], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(packed)[rows], np.asarray(want)[rows, 0], atol=2e-5)  # C++ matmul
     np.testing.assert_array_equal(np.asarray(fused_cache["lengths"]), [7, 4, 7])
     np.testing.assert_array_equal(np.asarray(step_cache["lengths"]), [7, 4, 7])
     np.testing.assert_array_equal(np.asarray(step_cache["lengths"]), np.asarray(want_cache["lengths"]))

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from r1ci_jax.kernels import cpu_matmul
 from r1ci_jax.kernels import decode_attention as attention_kernels
 from r1ci_jax.kernels import sampling as sampling_kernels
 from r1ci_jax.models.config import Qwen2Config
@@ -53,8 +54,10 @@ class DecodeOutputs:
 class Engine:
     """Compiled extend / decode functions for one model config and kernel choice.
 
-    kernels: "auto" (Pallas kernels on TPU / GPU, plain JAX elsewhere), "pallas"
-    (always the kernels; interpreted on CPU), "reference" (always plain JAX).
+    kernels: "auto" (Pallas kernels on TPU / GPU, plain JAX elsewhere, and on CPU the
+    C++ matmul of `kernels/cpu_matmul.py` for fp32 models when it is built), "pallas"
+    (always the Pallas kernels; interpreted on CPU), "reference" (always plain JAX,
+    XLA's dot included).
     mesh: with a Mesh, params / cache / batch arrays carry the shardings of
     `r1ci_jax.sharding` and the kernels run per shard under shard_map.
     """
@@ -68,8 +71,12 @@ class Engine:
         self.rules = rules
         self.attention_impl = attention_kernels.resolve_impl(kernels)
         self.sampling_impl = sampling_kernels.resolve_impl(kernels)
-        # CPU only: per-layer weights and a [D, V] head prepared once per chunk (decode_step).
+        # CPU only: per-layer fused weights prepared once per chunk (decode_step), packed
+        # for the C++ matmul kernel when it is built and the model is fp32.
         self.host_layout = jax.default_backend() == "cpu" and mesh is None
+        self.packed_matmul = (self.host_layout and kernels != "reference" and config.jnp_dtype == jnp.float32
+                              and cpu_matmul.available())
+        self._prepare = jax.jit(functools.partial(host_layout, config=config, packed=self.packed_matmul))
         self._extend = jax.jit(self._extend_impl, donate_argnums=(1,))
         self._decode = jax.jit(self._decode_impl, static_argnames=("spec",), donate_argnums=(1,))
         self._truncate = jax.jit(self._truncate_impl, donate_argnums=(0,))
@@ -131,12 +138,14 @@ class Engine:
 
     def _decode_impl(self, params: Params, cache: Cache, rng: jax.Array, pending: jax.Array, done: jax.Array,
                      budget: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
-                     eos_ids: jax.Array, stop_ids: jax.Array, num_steps: jax.Array, *, spec: DecodeSpec):
+                     eos_ids: jax.Array, stop_ids: jax.Array, num_steps: jax.Array, host_weights: Any, *,
+                     spec: DecodeSpec):
         """Up to num_steps (<= spec.chunk) decode steps, on device, until every row is done.
 
         pending: int32[B] tokens to feed; done: bool[B]; budget: int32[B] tokens each
         row may still generate; temperature/top_k/top_p: per row [B]; eos_ids,
-        stop_ids: int32[N] (padded with -1). A step feeds every unfinished row's
+        stop_ids: int32[N] (padded with -1); host_weights: `prepare(params)` (None
+        off the CPU host layout). A step feeds every unfinished row's
         pending token, samples its next token and finishes the row on EOS ("eos"), a
         stop token id ("stop"), an exhausted budget or a full context ("length").
         Finished rows are masked out of the cache write and get length 0 in the
@@ -147,7 +156,7 @@ class Engine:
         rows = jnp.arange(B)
         attention_fn = self._attention_fn()
         sample_fn = self._sample_fn(spec)
-        layers, head = host_layout(params, self.config) if self.host_layout else (None, None)
+        layers, head = host_weights if self.host_layout else (None, None)
 
         def keep_going(carry):
             step, done = carry[0], carry[4]
@@ -191,11 +200,20 @@ class Engine:
     def truncate(self, cache: Cache, lengths: jax.Array) -> Cache:
         return self._truncate(cache, lengths)
 
+    def prepare(self, params: Params) -> Any:
+        """What `decode` needs besides params, computed once per params: on the CPU host
+        layout the fused (and, for the C++ matmul, packed) weights of `host_layout`, a
+        copy of the weights; None elsewhere."""
+        return self._prepare(params) if self.host_layout else None
+
     def decode(self, params: Params, cache: Cache, rng: jax.Array, pending: jax.Array, done: jax.Array,
                budget: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
-               eos_ids: jax.Array, stop_ids: jax.Array, num_steps: int, spec: DecodeSpec):
+               eos_ids: jax.Array, stop_ids: jax.Array, num_steps: int, spec: DecodeSpec,
+               host_weights: Any = None):
+        if self.host_layout and host_weights is None:
+            host_weights = self.prepare(params)
         return self._decode(params, cache, rng, pending, done, budget, temperature, top_k, top_p,
-                            eos_ids, stop_ids, jnp.int32(num_steps), spec=spec)
+                            eos_ids, stop_ids, jnp.int32(num_steps), host_weights, spec=spec)
 
 
 jax.tree_util.register_dataclass(DecodeOutputs, data_fields=["tokens", "logprobs", "counts", "finish"],

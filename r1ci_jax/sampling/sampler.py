@@ -104,6 +104,7 @@ class Sampler:
         self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids is not None else eos_ids_of(config, tokenizer)
         self.engine = Engine.shared(config, kernels, mesh, _frozen(rules))
         self.params = self._place_params(params)
+        self._prepared: tuple[Params, Any] | None = None  # (params, engine.prepare(params)), made on first use
         # Totals over this sampler's life (the state carries per-batch counts).
         self.stats = {"prompt_tokens": 0, "appended_tokens": 0, "decoded_tokens": 0, "decode_calls": 0}
 
@@ -195,6 +196,7 @@ class Sampler:
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be positive or None, got {max_steps}")
         params = self.params if params is None else params
+        host_weights = self._prepare(params)
         B = state.batch_size
         spec = DecodeSpec(chunk=self.chunk_size, max_len=self.max_len, greedy=sp.greedy,
                           use_top_k=sp.top_k > 0, use_top_p=sp.top_p < 1.0,
@@ -219,7 +221,7 @@ class Sampler:
             budget = (sp.max_new_tokens - segment_tokens).astype(np.int32)
             cache, rng, pending_dev, done_dev, out = self.engine.decode(
                 params, cache, rng, pending, done, budget, temperature, top_k, top_p, eos_ids, stop_ids,
-                steps, spec)
+                steps, spec, host_weights)
             out, pending, done = jax.device_get((out, pending_dev, done_dev))
             pending, done = np.array(pending), np.array(done)
             steps_left -= steps
@@ -302,6 +304,15 @@ class Sampler:
         shardings = cache_shardings(self.config, self.mesh, batch, self.cache_len, self.rules)
         return jax.jit(init_cache, static_argnums=(0, 1, 2), out_shardings=shardings)(
             self.config, batch, self.cache_len)
+
+    def _prepare(self, params: Params) -> Any:
+        """engine.prepare(params), kept for this sampler's own params (a per-call override
+        is prepared once per decode call)."""
+        if params is not self.params:
+            return self.engine.prepare(params)
+        if self._prepared is None:
+            self._prepared = (params, self.engine.prepare(params))
+        return self._prepared[1]
 
     def _place_params(self, params: Params) -> Params:
         if self.mesh is None:
