@@ -10,7 +10,7 @@ setup(
     # from the repo root such a directory shadows the PyPI `kernels` package that
     # transformers (>= 5.25) imports when loading a model.
     packages=find_packages(include=["r1ci_jax", "r1ci_jax.*"]),
-    package_data={"r1ci_jax": ["py.typed", "kernels/*.cc"]},
+    package_data={"r1ci_jax": ["py.typed", "kernels/*.cc", "kernels/*.h"]},
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",

@@ -1,5 +1,6 @@
 """The C++ decode matmul (an XLA FFI call) equals a float64 NumPy matmul, inside jit and a
-while loop; packing is lossless; bad shapes and a failed build give clear errors."""
+while loop; packing is lossless; bad shapes give clear errors; the C++ kernels build here,
+and a failed build (cpu_ffi) falls back to plain JAX with the reason logged."""
 import logging
 import shutil
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1ci_jax.kernels import cpu_matmul
+from r1ci_jax.kernels import cpu_ffi, cpu_matmul
 
 HAS_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on this machine")
@@ -20,9 +21,9 @@ def _operands(O, K, B, seed=0):
 
 
 @needs_kernel
-def test_kernel_builds_and_registers_where_a_compiler_exists():
-    assert cpu_matmul.available()
-    assert cpu_matmul.library_path().exists()
+def test_kernels_build_and_register_where_a_compiler_exists():
+    assert cpu_ffi.available()
+    assert cpu_ffi.library_path().exists()
 
 
 # (out, in, batch): partial last panel, odd panel counts (a single-panel tail), batch > 8
@@ -87,25 +88,30 @@ def test_bad_shapes_and_impl_are_refused():
 
 
 def test_failed_build_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
-    """A broken compiler: available() is False (XLA's dot is used), the reason is logged,
-    and forcing the kernel says why it cannot run."""
+    """A broken compiler: available() is False (plain JAX is used), the compiler's
+    message is logged, and forcing a kernel says why it cannot run."""
+    from r1ci_jax.kernels import decode_attention as da
     fake = tmp_path / "broken-c++"
     fake.write_text("#!/bin/sh\necho 'broken-c++: no such luck' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CXX", str(fake))
     monkeypatch.setenv("R1CI_CACHE_DIR", str(tmp_path / "cache"))
-    with caplog.at_level(logging.WARNING, logger=cpu_matmul.__name__):
-        assert cpu_matmul.available.__wrapped__() is False
+    with caplog.at_level(logging.WARNING, logger=cpu_ffi.__name__):
+        assert cpu_ffi.available.__wrapped__() is False
     assert "no such luck" in caplog.text
-    assert not cpu_matmul.library_path().exists()
-    monkeypatch.setattr(cpu_matmul, "available", lambda: False)
+    assert not cpu_ffi.library_path().exists()
+    monkeypatch.setattr(cpu_ffi, "available", lambda: False)
     w, x = _operands(20, 8, 2)
     auto = cpu_matmul.packed_matmul(jnp.asarray(x), cpu_matmul.pack(jnp.asarray(w)), 20)
     np.testing.assert_allclose(np.asarray(auto), x @ w.T, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="could not be built"):
         cpu_matmul.packed_matmul(jnp.asarray(x), cpu_matmul.pack(jnp.asarray(w)), 20, impl="kernel")
+    assert da.resolve_impl("auto") == "blocked"
+    q, k = jnp.ones((1, 2, 4)), jnp.ones((1, 3, 1, 4))
+    with pytest.raises(RuntimeError, match="could not be built"):
+        da.decode_attention(q, k, k, jnp.asarray([2], jnp.int32), impl="cpu")
 
 
 def test_switched_off_by_environment(monkeypatch):
-    monkeypatch.setenv("R1CI_CPU_MATMUL", "0")
-    assert cpu_matmul.available.__wrapped__() is False
+    monkeypatch.setenv("R1CI_CPU_KERNELS", "0")
+    assert cpu_ffi.available.__wrapped__() is False

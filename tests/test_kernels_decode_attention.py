@@ -6,6 +6,7 @@ and their lowering to Mosaic TPU / Mosaic GPU is checked by lowering for those
 platforms (which runs the Pallas -> Mosaic lowering rules, not the device compiler).
 """
 import functools
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +129,53 @@ def test_blocked_reads_only_blocks_up_to_the_longest_row():
     np.testing.assert_array_equal(_f32(out)[2], 0.0)  # the length-0 row
 
 
+needs_cpu_kernels = pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                                       reason="no C++ compiler on this machine")
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("B,H,K,Dh,S,block_kv", BLOCKED_CASES)
+def test_cpu_kernel_matches_reference(B, H, K, Dh, S, block_kv):
+    """The C++ kernel (Dh 8 and 16 exercise its scalar tail and one vector) at a traced
+    layer of a stacked cache, and on a single-layer cache."""
+    q, k, v, lengths = _inputs(B, H, K, Dh, S, jnp.float32, seed=S)  # lengths 1, S, S/2+3, 0
+    want = _f32(da.decode_attention_reference(q, k, v, lengths))
+    stacked = lambda x: jnp.stack([x[::-1], x, x[::-1]])
+    at_layer = jax.jit(lambda layer: da.decode_attention_cpu(q, stacked(k), stacked(v), lengths, layer=layer))
+    np.testing.assert_allclose(_f32(at_layer(jnp.int32(1))), want, atol=2e-6)
+    np.testing.assert_allclose(_f32(da.decode_attention(q, k, v, lengths, impl="cpu")), want, atol=2e-6)
+
+
+@needs_cpu_kernels
+def test_cpu_kernel_reads_only_live_slots():
+    """NaN in every slot past each row's length (and lengths past S clamp to S, as in the
+    reference): the C++ kernel never reads a dead slot."""
+    B, H, K, Dh, S = 4, 8, 2, 32, 40
+    q, k, v, _ = _inputs(B, H, K, Dh, S, jnp.float32, seed=3)
+    lengths = jnp.asarray([7, 0, 40, 23], jnp.int32)
+    dead = jnp.arange(S)[None, :, None, None] >= lengths[:, None, None, None]
+    poisoned = lambda x: jnp.where(dead, jnp.nan, x)
+    out = _f32(da.decode_attention_cpu(q, poisoned(k), poisoned(v), lengths))
+    np.testing.assert_allclose(out, _f32(da.decode_attention_reference(q, k, v, lengths)), atol=2e-6)
+    np.testing.assert_array_equal(out[1], 0.0)
+    past_end = da.decode_attention_cpu(q, k, v, jnp.asarray([7, 0, 99, 23], jnp.int32))
+    np.testing.assert_allclose(_f32(past_end), _f32(da.decode_attention_reference(q, k, v, lengths)), atol=2e-6)
+
+
+@needs_cpu_kernels
+def test_cpu_kernel_refuses_bad_layer_and_dtype():
+    q, k, v, lengths = _inputs(2, 4, 2, 16, 32, jnp.float32)
+    stacked = lambda x: jnp.stack([x, x])
+    with pytest.raises(Exception, match=r"layer 2 outside \[0, 2\)"):
+        jax.block_until_ready(da.decode_attention_cpu(q, stacked(k), stacked(v), lengths, layer=jnp.int32(2)))
+    with pytest.raises(ValueError, match="f32 q and caches"):
+        da.decode_attention_cpu(q, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), lengths)
+    # auto on a bf16 cache falls back to the blocked plain-JAX path
+    bf16 = da.decode_attention(q, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), lengths)
+    np.testing.assert_allclose(_f32(bf16), _f32(da.decode_attention_reference(
+        q, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), lengths)), atol=2e-2)
+
+
 def test_kernels_lower_for_tpu_and_gpu():
     q, k, v, lengths = _inputs(2, 8, 2, 128, 128, jnp.bfloat16)
     stacked = lambda x: jnp.stack([x, x])
@@ -141,7 +189,8 @@ def test_kernels_lower_for_tpu_and_gpu():
 
 def test_dispatch_and_bad_inputs():
     q, k, v, lengths = _inputs(2, 4, 2, 16, 32, jnp.float32)
-    assert da.resolve_impl("auto") == "blocked"  # CPU
+    from r1ci_jax.kernels import cpu_ffi
+    assert da.resolve_impl("auto") == ("cpu" if cpu_ffi.available() else "blocked")  # CPU
     assert da.resolve_impl("pallas") == "tpu"      # interpreted on CPU
     forced = da.decode_attention(q, k, v, lengths, impl="pallas", block_kv=16)
     np.testing.assert_allclose(_f32(forced), _f32(da.decode_attention_reference(q, k, v, lengths)), atol=2e-6)

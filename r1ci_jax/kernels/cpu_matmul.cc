@@ -12,22 +12,19 @@
 // B = 8 on a 2-core AVX-512 VM; this loop is bound by the FMA units (one 16-wide
 // FMA per weight vector and row) and reaches ~33 GB/s there (bench/decode_roofline.py).
 //
-// Work is split into chunks of panel pairs that XLA's intra-op thread pool and the
-// calling thread take from a shared counter; the caller waits only for chunks that
-// another thread has already started, so it never waits on a queued task.
+// Work is split into chunks of panel pairs run by XLA's intra-op threads and the
+// calling thread (cpu_parallel.h).
 //
 // cpu_matmul.py compiles this file on first use with -O3 -march=native (the vector type
 // below becomes AVX-512, AVX2 or NEON code for the CPU that runs it) and falls back to
 // XLA's dot when it cannot.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <string>
-#include <thread>
 
+#include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -101,19 +98,6 @@ struct Problem {
   }
 };
 
-struct SharedWork {
-  Problem problem;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> finished{0};
-
-  void Drain() {
-    for (int64_t c = next.fetch_add(1); c < problem.num_chunks; c = next.fetch_add(1)) {
-      problem.RunChunk(c);
-      finished.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error PackedMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                             ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
@@ -135,15 +119,9 @@ ffi::Error PackedMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::
   // ~4 chunks per thread balance uneven threads; an even panel count keeps the pair tile.
   const int64_t panels_per_chunk = std::max<int64_t>(
       kPanelsPerTile, (P + 4 * threads - 1) / (4 * threads) / kPanelsPerTile * kPanelsPerTile);
-  auto work = std::make_shared<SharedWork>();
-  work->problem = Problem{x.typed_data(), w.typed_data(), y->typed_data(), B, K, O, P, panels_per_chunk,
-                          (P + panels_per_chunk - 1) / panels_per_chunk};
-  const int64_t helpers = std::min(threads, work->problem.num_chunks) - 1;
-  // A helper that starts after all chunks are taken finds none and returns; it holds
-  // `work` alive, never the buffers.
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  while (work->finished.load(std::memory_order_acquire) < work->problem.num_chunks) std::this_thread::yield();
+  const Problem problem{x.typed_data(), w.typed_data(), y->typed_data(), B, K, O, P, panels_per_chunk,
+                        (P + panels_per_chunk - 1) / panels_per_chunk};
+  r1ci::ParallelFor(pool, problem.num_chunks, [&problem](int64_t chunk) { problem.RunChunk(chunk); });
   return ffi::Error::Success();
 }
 

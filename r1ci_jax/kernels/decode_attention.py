@@ -12,7 +12,7 @@ gets zeros. The cache layout is the model's own ([B, S, K, Dh], slot-major), so 
 kernels read it in place: each KV block of a row is one contiguous [block_kv, K*Dh]
 slab, read once for all K heads.
 
-Four implementations, one semantics:
+Five implementations, one semantics:
 - `decode_attention_reference`: plain JAX over the whole cache; the truth the others
   are tested against.
 - `decode_attention_blocked`: plain JAX, online softmax over KV blocks in a loop that
@@ -20,6 +20,9 @@ Four implementations, one semantics:
   transposes the whole layer cache for the reference's batched matmuls; here only
   live blocks are sliced, so a step reads ~max(lengths) slots instead of S
   (bench/RESULTS.md: 2.5 -> 0.8 ms for 4 layers at half-full 512-slot caches).
+- `decode_attention_cpu`: C++ (cpu_decode_attention.cc, an XLA FFI call built by
+  cpu_ffi.py) for f32 caches on CPU: per (row, kv head), two passes over the live
+  slots read in place, on XLA's intra-op threads; no copies or per-block overhead.
 - `decode_attention_tpu`: Pallas / Mosaic TPU. Grid (B, S/block_kv); the row lengths
   are scalar-prefetched into SMEM so the KV index map clamps blocks past a row's
   length to its last live block (Pallas skips the DMA when the block index does
@@ -31,7 +34,8 @@ Four implementations, one semantics:
   buffered, and keeps the online-softmax state in registers.
 
 `decode_attention(..., impl=...)` dispatches: "auto" picks the backend's kernel on
-TPU/GPU and "blocked" elsewhere; "pallas" forces the backend's kernel (on CPU:
+TPU/GPU, "cpu" on CPU for f32 caches when the C++ kernels are built, and "blocked"
+elsewhere; "cpu" forces the C++ kernel; "pallas" forces the backend's kernel (on CPU:
 the TPU kernel under the Pallas interpreter); "tpu"/"gpu" force one kernel;
 "reference" / "blocked" force plain JAX. `interpret=True` runs a kernel on CPU (tests).
 """
@@ -41,10 +45,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-IMPLS = ("auto", "reference", "blocked", "pallas", "tpu", "gpu")
+IMPLS = ("auto", "reference", "blocked", "cpu", "pallas", "tpu", "gpu")
 PLAIN_JAX_IMPLS = ("reference", "blocked")  # GSPMD partitions these; the Pallas kernels need shard_map
 _NEG_INF = float("-inf")
 
@@ -121,6 +126,26 @@ def decode_attention_blocked(q: jax.Array, k_cache: jax.Array, v_cache: jax.Arra
     _, denom, acc = lax.fori_loop(0, num_blocks, one_block, init)
     out = jnp.where(denom[..., None] > 0, acc / jnp.where(denom > 0, denom, 1.0)[..., None], 0.0)
     return out.reshape(B, H, Dh).astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------- CPU (C++)
+
+def decode_attention_cpu(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengths: jax.Array, *,
+                         layer: jax.Array | int | None = None, sm_scale: float | None = None) -> jax.Array:
+    """The C++ kernel of cpu_decode_attention.cc (an XLA FFI call; f32 q and caches): per
+    (row, kv head), its live slots only, read in place from the stacked cache."""
+    from r1ci_jax.kernels import cpu_ffi
+
+    _check_shapes(q, k_cache, v_cache, lengths, layer)
+    if not cpu_ffi.available():
+        raise RuntimeError(f"decode_attention(impl='cpu'): {cpu_ffi.UNAVAILABLE}")
+    if q.dtype != jnp.float32 or k_cache.dtype != jnp.float32 or v_cache.dtype != jnp.float32:
+        raise ValueError(f"decode_attention(impl='cpu') takes f32 q and caches, got q {q.dtype}, "
+                         f"k {k_cache.dtype}, v {v_cache.dtype}")
+    k_cache, v_cache, layer = _stacked(k_cache, v_cache, layer)
+    scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
+    call = jax.ffi.ffi_call("r1ci_decode_attention_f32", jax.ShapeDtypeStruct(q.shape, jnp.float32))
+    return call(q, k_cache, v_cache, lengths.astype(jnp.int32), layer, scale=np.float32(scale))
 
 
 # ----------------------------------------------------------------------------- TPU (Mosaic)
@@ -396,7 +421,10 @@ def resolve_impl(impl: str) -> str:
         raise ValueError(f"decode attention impl={impl!r}; expected one of {IMPLS}")
     backend = jax.default_backend()
     if impl == "auto":
-        return backend if backend in ("tpu", "gpu") else "blocked"
+        if backend in ("tpu", "gpu"):
+            return backend
+        from r1ci_jax.kernels import cpu_ffi
+        return "cpu" if backend == "cpu" and cpu_ffi.available() else "blocked"
     if impl == "pallas":
         return "gpu" if backend == "gpu" else "tpu"
     return impl
@@ -414,6 +442,10 @@ def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengt
     chosen = resolve_impl(impl)
     if chosen == "gpu" and impl == "auto" and gpu_kernel_unsupported_reason(q, k_cache, block_kv or 64):
         chosen = "reference"  # e.g. an f32 cache: auto falls back, a forced "gpu" raises
+    if chosen == "cpu" and impl == "auto" and not (q.dtype == k_cache.dtype == v_cache.dtype == jnp.float32):
+        chosen = "blocked"
+    if chosen == "cpu":
+        return decode_attention_cpu(q, k_cache, v_cache, lengths, layer=layer, sm_scale=sm_scale)
     if chosen == "reference":
         return decode_attention_reference(q, k_cache, v_cache, lengths, layer=layer, sm_scale=sm_scale)
     if chosen == "blocked":

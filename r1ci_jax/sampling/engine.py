@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from r1ci_jax.kernels import cpu_matmul
+from r1ci_jax.kernels import cpu_ffi
 from r1ci_jax.kernels import decode_attention as attention_kernels
 from r1ci_jax.kernels import sampling as sampling_kernels
 from r1ci_jax.models.config import Qwen2Config
@@ -75,7 +75,7 @@ class Engine:
         # for the C++ matmul kernel when it is built and the model is fp32.
         self.host_layout = jax.default_backend() == "cpu" and mesh is None
         self.packed_matmul = (self.host_layout and kernels != "reference" and config.jnp_dtype == jnp.float32
-                              and cpu_matmul.available())
+                              and cpu_ffi.available())
         self._prepare = jax.jit(functools.partial(host_layout, config=config, packed=self.packed_matmul))
         self._extend = jax.jit(self._extend_impl, donate_argnums=(1,))
         self._decode = jax.jit(self._decode_impl, static_argnames=("spec",), donate_argnums=(1,))
