@@ -81,8 +81,8 @@ def main() -> None:
           f"4 copies ({sum(w.nbytes for w in weights) / 2**20:.0f} MiB)")
     stream = stream_bandwidth(args.repeat)
     print(f"streaming read (XLA sum over 512 MiB): {stream / 1e9:6.1f} GB/s")
-    from r1ci_jax.kernels import cpu_matmul
-    forms = ("plain", "weight_first") + (("packed",) if cpu_matmul.available() else ())
+    from r1ci_jax.kernels import cpu_ffi
+    forms = ("plain", "weight_first") + (("packed",) if cpu_ffi.available() else ())
     rates, packed_rates = {}, {}
     for batch in sorted({1, 4, args.batch, 2 * args.batch}):
         rate = {form: matmul_bandwidth(weights, batch, form, args.repeat) for form in forms}
