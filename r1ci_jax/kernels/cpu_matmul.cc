@@ -10,14 +10,14 @@
 // rows = 16 vector accumulators). The panel order makes that stream contiguous and
 // needs no horizontal sums. XLA's own dot (YNNPACK) reached ~18 GB/s of weights at
 // B = 8 on a 2-core AVX-512 VM; this loop is bound by the FMA units (one 16-wide
-// FMA per weight vector and row) and reaches ~33 GB/s there (bench/decode_roofline.py).
+// FMA per weight vector and row) and reaches 27-33 GB/s there (bench/decode_roofline.py).
 //
 // Work is split into chunks of panel pairs run by XLA's intra-op threads and the
 // calling thread (cpu_parallel.h).
 //
-// cpu_matmul.py compiles this file on first use with -O3 -march=native (the vector type
-// below becomes AVX-512, AVX2 or NEON code for the CPU that runs it) and falls back to
-// XLA's dot when it cannot.
+// cpu_ffi.py compiles this file on first use with -O3 -march=native (the vector type
+// below becomes AVX-512, AVX2 or NEON code for the CPU that runs it); cpu_matmul.py
+// falls back to XLA's dot when it cannot.
 
 #include <algorithm>
 #include <cstdint>
