@@ -258,6 +258,29 @@ def test_pallas_kernels_give_the_reference_tokens(tiny):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
 
 
+def test_other_or_mutated_params_are_never_decoded_with_a_stale_layout(tiny):
+    """The CPU decode keeps a prepared (fused, packed) copy of the weights; per-call params,
+    a return to the sampler's own, and an in-place edit of its params dict all decode
+    exactly as a fresh Sampler on those params does."""
+    from r1ci_jax.models.qwen2 import init_params
+    _, config, params = tiny
+    other = init_params(config, jax.random.PRNGKey(1))
+    prompts = _prompts(config, [4, 9], seed=8)
+    sp = SamplingParams(max_new_tokens=6, temperature=0)
+    fresh = lambda p: [o.token_ids for o in Sampler(p, config, None, max_len=MAX_LEN, chunk_size=8).generate(
+        prompts, sp)]
+    want_own, want_other = fresh(params), fresh(other)
+    assert want_own != want_other
+    sampler = Sampler(dict(params), config, None, max_len=MAX_LEN, chunk_size=8)
+    decode = lambda **kw: [o.token_ids for o in sampler.generate(prompts, sp, **kw)]
+    assert decode() == want_own
+    assert decode(params=other) == want_other
+    assert decode() == want_own
+    sampler.params.clear()
+    sampler.params.update(other)
+    assert decode() == want_other
+
+
 def test_state_is_a_pytree(tiny, sampler):
     _, config, _ = tiny
     state = sampler.start(_prompts(config, [3, 5, 2]), SamplingParams(max_new_tokens=2))

@@ -104,7 +104,8 @@ class Sampler:
         self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids is not None else eos_ids_of(config, tokenizer)
         self.engine = Engine.shared(config, kernels, mesh, _frozen(rules))
         self.params = self._place_params(params)
-        self._prepared: tuple[Params, Any] | None = None  # (params, engine.prepare(params)), made on first use
+        # (leaves of the params last decoded with, engine.prepare of them): one entry, made on use.
+        self._prepared: tuple[list[jax.Array], Any] | None = None
         # Totals over this sampler's life (the state carries per-batch counts).
         self.stats = {"prompt_tokens": 0, "appended_tokens": 0, "decoded_tokens": 0, "decode_calls": 0}
 
@@ -306,12 +307,15 @@ class Sampler:
             self.config, batch, self.cache_len)
 
     def _prepare(self, params: Params) -> Any:
-        """engine.prepare(params), kept for this sampler's own params (a per-call override
-        is prepared once per decode call)."""
-        if params is not self.params:
-            return self.engine.prepare(params)
-        if self._prepared is None:
-            self._prepared = (params, self.engine.prepare(params))
+        """engine.prepare(params), reused while the same arrays are decoded with (this
+        sampler's params, or the same per-call params over several `continue_` rounds);
+        params with any other leaf, even in the same dict, are prepared afresh."""
+        leaves = jax.tree.leaves(params)
+        if self._prepared is not None and len(self._prepared[0]) == len(leaves) and all(
+                a is b for a, b in zip(self._prepared[0], leaves)):
+            return self._prepared[1]
+        self._prepared = None  # drop the old copy before making the new one
+        self._prepared = (leaves, self.engine.prepare(params))
         return self._prepared[1]
 
     def _place_params(self, params: Params) -> Params:
