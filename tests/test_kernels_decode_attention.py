@@ -100,7 +100,8 @@ def test_gpu_kernel_matches_reference_in_mosaic_gpu_interpreter(case):
 
 
 # (B, H, K, Dh, S, block_kv): GQA ratios 1, 4, 7; S a multiple of block_kv or not; block > S.
-BLOCKED_CASES = [(4, 8, 2, 32, 64, 16), (4, 7, 1, 16, 40, 16), (3, 4, 4, 8, 24, 64), (4, 14, 2, 64, 100, 32)]
+BLOCKED_CASES = [(4, 8, 2, 32, 64, 16), (4, 7, 1, 16, 40, 16), (3, 4, 4, 8, 24, 64), (4, 14, 2, 64, 100, 32),
+                 (4, 6, 2, 24, 20, 8)]  # Dh 24: one 16-wide vector and a scalar tail in the C++ kernel
 
 
 @pytest.mark.parametrize("B,H,K,Dh,S,block_kv", BLOCKED_CASES)
@@ -160,6 +161,11 @@ def test_cpu_kernel_reads_only_live_slots():
     np.testing.assert_array_equal(out[1], 0.0)
     past_end = da.decode_attention_cpu(q, k, v, jnp.asarray([7, 0, 99, 23], jnp.int32))
     np.testing.assert_allclose(_f32(past_end), _f32(da.decode_attention_reference(q, k, v, lengths)), atol=2e-6)
+    # Every score of row 0 is -inf (q = +inf against k = -1): zeros, as in the reference, not NaN.
+    q_inf, k_neg = q.at[0].set(jnp.inf), k.at[0].set(-1.0)
+    want = _f32(da.decode_attention_reference(q_inf, k_neg, v, lengths))
+    np.testing.assert_array_equal(want[0], 0.0)
+    np.testing.assert_allclose(_f32(da.decode_attention_cpu(q_inf, k_neg, v, lengths)), want, atol=2e-6)
 
 
 @needs_cpu_kernels

@@ -279,6 +279,13 @@ def test_other_or_mutated_params_are_never_decoded_with_a_stale_layout(tiny):
     sampler.params.clear()
     sampler.params.update(other)
     assert decode() == want_other
+    # The cached layout holds its params weakly: freed params take their prepared copy along.
+    temporary = jax.tree.map(lambda a: a + 0, other)
+    assert decode(params=temporary) == want_other and sampler._prepared is not None
+    del temporary
+    import gc
+    gc.collect()
+    assert sampler._prepared is None
 
 
 def test_state_is_a_pytree(tiny, sampler):
@@ -300,6 +307,9 @@ def test_decode_step_matches_model_forward_and_kernel_hook(tiny):
 
     from r1ci_jax.kernels.decode_attention import decode_attention
     from r1ci_jax.models.qwen2 import init_cache
+    import shutil
+
+    from r1ci_jax.kernels import cpu_ffi
     from r1ci_jax.sampling.decode_step import decode_step, host_layout
     _, config, params = tiny
     prompt = np.asarray(_prompts(config, [6, 6, 6], seed=7), np.int32)
@@ -317,6 +327,7 @@ def test_decode_step_matches_model_forward_and_kernel_hook(tiny):
                             decode_attention=kernel)
         stepped, step_cache = decode_step(params, config, tokens, cache, active, kernel)
         fused, fused_cache = decode_step(params, config, tokens, cache, active, kernel, *host_layout(params, config))
+        assert cpu_ffi.available() or not shutil.which("c++"), "the C++ kernels should build here"
         packed, _ = decode_step(params, config, tokens, cache, active, kernel, *host_layout(params, config, True))
         return want, want_cache, hooked, stepped, step_cache, fused, fused_cache, packed
 

@@ -5,9 +5,9 @@
 //   out[b, h] = softmax_s(scale * q[b, h] . k[layer, b, s, h / G]) @ v[layer, b, s, h / G]
 //   over s < lengths[b] (G = H / K query heads share a kv head); zeros where lengths[b] == 0.
 //
-// One work item per (row, kv head): its G query rows score every live slot (each K
-// row read once for all G), take the max, exponentiate, and sum the V rows weighted by
-// the probabilities (each V row read once). Only live slots are read, straight from
+// One work item per (row, kv head): its G query rows score every live slot, take the
+// max, exponentiate, and sum the V rows weighted by the probabilities (each V row read
+// once for all G; scratch for the probabilities is allocated once per call). Only live slots are read, straight from
 // the stacked cache in its own layout: XLA's plain-JAX version (`decode_attention_blocked`)
 // copies and transposes every KV block it visits. Work items run on XLA's intra-op
 // threads (cpu_parallel.h).
@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -46,8 +47,11 @@ struct Problem {
   const float *q, *k, *v;
   const int32_t* lengths;
   float* out;
+  float* scratch;  // per work item: [G, S] probabilities, [G, Dh] accumulators, [G] maxima
   int64_t layer, B, H, S, K, Dh;
   float scale;
+
+  int64_t ScratchPerItem() const { return (H / K) * (S + Dh + 1); }
 
   // Row b, kv head kh: query heads kh*G .. kh*G + G - 1.
   void RunItem(int64_t item) const {
@@ -62,10 +66,12 @@ struct Problem {
     const int64_t slot_stride = K * Dh;
     const float* k_row = k + ((layer * B + b) * S * K + kh) * Dh;
     const float* v_row = v + ((layer * B + b) * S * K + kh) * Dh;
+    float* probs = scratch + item * ScratchPerItem();  // [G, length]: scores, then exp(score - max)
+    float* acc = probs + G * S;                         // [G, Dh]
+    float* max_score = acc + G * Dh;                    // [G]
 
-    std::vector<float> probs(G * length);  // [G, length]: scores, then exp(score - max)
-    std::vector<float> max_score(G, -std::numeric_limits<float>::infinity());
-    for (int64_t s = 0; s < length; ++s) {
+    std::fill(max_score, max_score + G, -std::numeric_limits<float>::infinity());
+    for (int64_t s = 0; s < length; ++s) {  // slot-major: each K row is read once for all G
       const float* ks = k_row + s * slot_stride;
       for (int64_t g = 0; g < G; ++g) {
         const float score = Dot(qg + g * Dh, ks, Dh) * scale;
@@ -73,25 +79,27 @@ struct Problem {
         max_score[g] = std::max(max_score[g], score);
       }
     }
-    std::vector<float> denom(G, 0.0f);
     for (int64_t g = 0; g < G; ++g) {
-      float* p = probs.data() + g * length;
-      for (int64_t s = 0; s < length; ++s) {
-        p[s] = std::exp(p[s] - max_score[g]);
-        denom[g] += p[s];
-      }
+      // All scores -inf: shift by 0 so every weight is 0 and the row gives zeros, as in
+      // the reference (exp(-inf - -inf) would be NaN).
+      const float shift = std::isfinite(max_score[g]) ? max_score[g] : 0.0f;
+      float* p = probs + g * length;
+      for (int64_t s = 0; s < length; ++s) p[s] = std::exp(p[s] - shift);
     }
-    std::vector<float> acc(G * Dh, 0.0f);
+    std::fill(acc, acc + G * Dh, 0.0f);
     for (int64_t s = 0; s < length; ++s) {
       const float* vs = v_row + s * slot_stride;
       for (int64_t g = 0; g < G; ++g) {
         const float p = probs[g * length + s];
-        float* a = acc.data() + g * Dh;
+        float* a = acc + g * Dh;
         for (int64_t d = 0; d < Dh; ++d) a[d] += p * vs[d];
       }
     }
-    for (int64_t g = 0; g < G; ++g)
-      for (int64_t d = 0; d < Dh; ++d) og[g * Dh + d] = acc[g * Dh + d] / denom[g];
+    for (int64_t g = 0; g < G; ++g) {
+      float denom = 0.0f;
+      for (int64_t s = 0; s < length; ++s) denom += probs[g * length + s];
+      for (int64_t d = 0; d < Dh; ++d) og[g * Dh + d] = denom > 0.0f ? acc[g * Dh + d] / denom : 0.0f;
+    }
   }
 };
 
@@ -117,9 +125,18 @@ ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ff
   if (layer_index < 0 || layer_index >= L)
     return ffi::Error::InvalidArgument("r1ci_decode_attention_f32: layer " + std::to_string(layer_index) +
                                        " outside [0, " + std::to_string(L) + ")");
-  const Problem problem{q.typed_data(), k.typed_data(), v.typed_data(), lengths.typed_data(), out->typed_data(),
-                        layer_index, qd[0], qd[1], kd[2], kd[3], qd[2], scale};
-  r1ci::ParallelFor(pool, problem.B * problem.K, [&problem](int64_t item) { problem.RunItem(item); });
+  Problem problem{q.typed_data(), k.typed_data(), v.typed_data(), lengths.typed_data(), out->typed_data(),
+                  /*scratch=*/nullptr, layer_index, qd[0], qd[1], kd[2], kd[3], qd[2], scale};
+  const int64_t items = problem.B * problem.K;
+  std::vector<float> scratch;  // allocated here, where a failure can still be reported
+  try {
+    scratch.resize(items * problem.ScratchPerItem());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("r1ci_decode_attention_f32: out of memory for " + std::to_string(items) +
+                                " x " + std::to_string(problem.ScratchPerItem()) + " floats of scratch");
+  }
+  problem.scratch = scratch.data();
+  r1ci::ParallelFor(pool, items, [&problem](int64_t item) { problem.RunItem(item); });
   return ffi::Error::Success();
 }
 

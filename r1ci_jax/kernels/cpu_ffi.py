@@ -47,27 +47,36 @@ def _cpu_fingerprint() -> str:
     return platform.processor()
 
 
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+
+
+def compiler() -> str:
+    """$CXX, else the first of c++, g++, clang++ on PATH."""
+    found = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if found is None:
+        raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
+    return found
+
+
 def library_path() -> pathlib.Path:
-    """Where this machine's build of the kernels lives (it may not exist yet)."""
+    """Where this machine's build of the kernels lives (it may not exist yet): keyed by the
+    sources, compiler and flags, jaxlib version and CPU."""
     import jaxlib
     digest = hashlib.sha256()
     for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
-    digest.update((jaxlib.__version__ + platform.machine() + _cpu_fingerprint()).encode())
+    for part in (compiler(), *FLAGS, jaxlib.__version__, platform.machine(), _cpu_fingerprint()):
+        digest.update(part.encode() + b"\0")
     root = pathlib.Path(os.environ.get("R1CI_CACHE_DIR") or pathlib.Path.home() / ".cache" / "r1ci_jax")
     return root / f"cpu_kernels-{digest.hexdigest()[:16]}.so"
 
 
 def build(path: pathlib.Path) -> None:
     """Compile the kernels into path (atomically: concurrent builders each write a temp file)."""
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = pathlib.Path(tmp) / path.name
-        command = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
-                   "-isystem", jax.ffi.include_dir(), *map(str, SOURCES), "-o", str(out)]
+        command = [compiler(), *FLAGS, "-isystem", jax.ffi.include_dir(), *map(str, SOURCES), "-o", str(out)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
@@ -80,14 +89,14 @@ def available() -> bool:
     with XLA:CPU."""
     if os.environ.get("R1CI_CPU_KERNELS", "1") == "0":
         return False
-    path = library_path()
     try:
+        path = library_path()
         if not path.exists():
             build(path)
         library = ctypes.CDLL(str(path))
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    except (OSError, RuntimeError, AttributeError) as error:
+    except (OSError, RuntimeError, AttributeError, KeyError, ValueError) as error:
         _log.warning("C++ CPU kernels unavailable, plain JAX is used instead (%s)", error)
         return False
     return True

@@ -22,6 +22,7 @@ yet finished) decode.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,8 +105,8 @@ class Sampler:
         self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids is not None else eos_ids_of(config, tokenizer)
         self.engine = Engine.shared(config, kernels, mesh, _frozen(rules))
         self.params = self._place_params(params)
-        # (leaves of the params last decoded with, engine.prepare of them): one entry, made on use.
-        self._prepared: tuple[list[jax.Array], Any] | None = None
+        # (weak refs to the leaves of the params last decoded with, engine.prepare of them).
+        self._prepared: tuple[list[weakref.ref], Any] | None = None
         # Totals over this sampler's life (the state carries per-batch counts).
         self.stats = {"prompt_tokens": 0, "appended_tokens": 0, "decoded_tokens": 0, "decode_calls": 0}
 
@@ -308,15 +309,32 @@ class Sampler:
 
     def _prepare(self, params: Params) -> Any:
         """engine.prepare(params), reused while the same arrays are decoded with (this
-        sampler's params, or the same per-call params over several `continue_` rounds);
-        params with any other leaf, even in the same dict, are prepared afresh."""
+        sampler's params, or the same per-call params over several `continue_` rounds).
+        Params with any other leaf, even in the same dict, are prepared afresh. The entry
+        holds its params only weakly: once they are freed (a training step replaced
+        them) it is dropped with its copy of the weights."""
+        if not self.engine.host_layout:
+            return None
         leaves = jax.tree.leaves(params)
-        if self._prepared is not None and len(self._prepared[0]) == len(leaves) and all(
-                a is b for a, b in zip(self._prepared[0], leaves)):
-            return self._prepared[1]
+        cached = self._prepared
+        if cached is not None and len(cached[0]) == len(leaves) and all(
+                ref() is leaf for ref, leaf in zip(cached[0], leaves)):
+            return cached[1]
         self._prepared = None  # drop the old copy before making the new one
-        self._prepared = (leaves, self.engine.prepare(params))
-        return self._prepared[1]
+        weights = self.engine.prepare(params)
+        sampler = weakref.ref(self)
+
+        def forget(_):
+            owner = sampler()
+            if owner is not None and owner._prepared is entry:
+                owner._prepared = None
+
+        try:
+            entry = ([weakref.ref(leaf, forget) for leaf in leaves], weights)
+        except TypeError:  # a leaf that takes no weak reference (a Python scalar): no cache
+            return weights
+        self._prepared = entry
+        return weights
 
     def _place_params(self, params: Params) -> Params:
         if self.mesh is None:
