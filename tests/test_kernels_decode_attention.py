@@ -174,7 +174,7 @@ def test_cpu_kernel_refuses_bad_layer_and_dtype():
     stacked = lambda x: jnp.stack([x, x])
     with pytest.raises(Exception, match=r"layer 2 outside \[0, 2\)"):
         jax.block_until_ready(da.decode_attention_cpu(q, stacked(k), stacked(v), lengths, layer=jnp.int32(2)))
-    with pytest.raises(ValueError, match="f32 q and caches"):
+    with pytest.raises(ValueError, match="takes f32 q and caches"):
         da.decode_attention_cpu(q, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), lengths)
     # auto on a bf16 cache falls back to the blocked plain-JAX path
     bf16 = da.decode_attention(q, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), lengths)

@@ -130,6 +130,13 @@ def decode_attention_blocked(q: jax.Array, k_cache: jax.Array, v_cache: jax.Arra
 
 # ----------------------------------------------------------------------------- CPU (C++)
 
+def cpu_kernel_unsupported_reason(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array) -> str | None:
+    """None when the C++ kernel handles these arrays, else the reason it does not."""
+    if not q.dtype == k_cache.dtype == v_cache.dtype == jnp.float32:
+        return f"q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype} (it takes f32 q and caches)"
+    return None
+
+
 def decode_attention_cpu(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengths: jax.Array, *,
                          layer: jax.Array | int | None = None, sm_scale: float | None = None) -> jax.Array:
     """The C++ kernel of cpu_decode_attention.cc (an XLA FFI call; f32 q and caches): per
@@ -139,9 +146,9 @@ def decode_attention_cpu(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, l
     _check_shapes(q, k_cache, v_cache, lengths, layer)
     if not cpu_ffi.available():
         raise RuntimeError(f"decode_attention(impl='cpu'): {cpu_ffi.UNAVAILABLE}")
-    if q.dtype != jnp.float32 or k_cache.dtype != jnp.float32 or v_cache.dtype != jnp.float32:
-        raise ValueError(f"decode_attention(impl='cpu') takes f32 q and caches, got q {q.dtype}, "
-                         f"k {k_cache.dtype}, v {v_cache.dtype}")
+    reason = cpu_kernel_unsupported_reason(q, k_cache, v_cache)
+    if reason:
+        raise ValueError(f"decode_attention(impl='cpu') does not support {reason}")
     k_cache, v_cache, layer = _stacked(k_cache, v_cache, layer)
     scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
     call = jax.ffi.ffi_call("r1ci_decode_attention_f32", jax.ShapeDtypeStruct(q.shape, jnp.float32))
@@ -442,8 +449,8 @@ def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengt
     chosen = resolve_impl(impl)
     if chosen == "gpu" and impl == "auto" and gpu_kernel_unsupported_reason(q, k_cache, block_kv or 64):
         chosen = "reference"  # e.g. an f32 cache: auto falls back, a forced "gpu" raises
-    if chosen == "cpu" and impl == "auto" and not (q.dtype == k_cache.dtype == v_cache.dtype == jnp.float32):
-        chosen = "blocked"
+    if chosen == "cpu" and impl == "auto" and cpu_kernel_unsupported_reason(q, k_cache, v_cache):
+        chosen = "blocked"  # e.g. a bf16 cache: auto falls back, a forced "cpu" raises
     if chosen == "cpu":
         return decode_attention_cpu(q, k_cache, v_cache, lengths, layer=layer, sm_scale=sm_scale)
     if chosen == "reference":

@@ -12,16 +12,16 @@ tests hold this step to the model's forward.
 On CPU, XLA copies each layer's weights out of the stacked arrays (and transposes
 them for its matmul library) inside every step of a layer scan, and a one-token
 step is bound by reading weights and by per-op overhead. `host_layout` prepares
-the weights once per decode chunk instead (outside the decode loop): per layer,
-unrolled, with q/k/v fused into one matrix and gate/up into another (7 matmuls
-per layer become 4), every matrix kept [out, in] and multiplied weight-first
-(`weight_first_matmul`); the LM head is used as stored. For fp32 models,
-when the C++ kernel library is built (`kernels/cpu_matmul.py`), every matrix is
-instead packed into 16-row panels and multiplied by that kernel, ~1.6x faster than
-XLA's dot at decode batch sizes. It costs a copy of the weights, so accelerators
-keep the scan (their matmuls read the stacked slices in place). `host_attention_inputs` / `host_output_and_mlp` are the model's
-two layer halves restated on those fused weights; tests hold them to the model's
-forward too.
+the weights once per params instead (outside the decode loop; `Engine.prepare`,
+kept by the `Sampler`): per layer, unrolled, with q/k/v fused into one matrix and
+gate/up into another (7 matmuls per layer become 4), every matrix kept [out, in]
+and multiplied weight-first (`weight_first_matmul`); the LM head is used as stored.
+For fp32 models, when the C++ kernels are built (`kernels/cpu_matmul.py`), every
+matrix is instead packed into 16-row panels and multiplied by that kernel, ~1.6x
+faster than XLA's dot at decode batch sizes. It costs a copy of the weights, so
+accelerators keep the scan (their matmuls read the stacked slices in place).
+`host_attention_inputs` / `host_output_and_mlp` are the model's two layer halves
+restated on those fused weights; tests hold them to the model's forward too.
 """
 from __future__ import annotations
 

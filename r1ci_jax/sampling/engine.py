@@ -71,8 +71,8 @@ class Engine:
         self.rules = rules
         self.attention_impl = attention_kernels.resolve_impl(kernels)
         self.sampling_impl = sampling_kernels.resolve_impl(kernels)
-        # CPU only: per-layer fused weights prepared once per chunk (decode_step), packed
-        # for the C++ matmul kernel when it is built and the model is fp32.
+        # CPU only: per-layer fused weights prepared once per params (`prepare`, decode_step),
+        # packed for the C++ matmul kernel when it is built and the model is fp32.
         self.host_layout = jax.default_backend() == "cpu" and mesh is None
         self.packed_matmul = (self.host_layout and kernels != "reference" and config.jnp_dtype == jnp.float32
                               and cpu_ffi.available())
