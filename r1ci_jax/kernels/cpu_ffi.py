@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import jax
 
@@ -34,6 +35,7 @@ TARGETS = {"r1ci_packed_matmul_f32": "R1ciPackedMatmulF32",
 UNAVAILABLE = ("the C++ CPU kernels could not be built or loaded (see the warning logged by "
                "r1ci_jax.kernels.cpu_ffi.available(), or R1CI_CPU_KERNELS=0 is set)")
 _log = logging.getLogger(__name__)
+_build_lock = threading.Lock()  # one build per process when threads ask at once
 
 
 def _cpu_fingerprint() -> str:
@@ -91,8 +93,9 @@ def available() -> bool:
         return False
     try:
         path = library_path()
-        if not path.exists():
-            build(path)
+        with _build_lock:
+            if not path.exists():
+                build(path)
         library = ctypes.CDLL(str(path))
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
