@@ -1,10 +1,13 @@
-"""Helpers shared by bench scripts: run a step in a fresh process, report time and peak RSS."""
+"""Helpers shared by bench scripts: run a step in a fresh process (time, peak RSS), time a
+JAX call, measure streaming bandwidth."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import textwrap
+import time
 
 
 def run_isolated(code: str, timeout: float = 1800) -> dict:
@@ -22,3 +25,24 @@ def run_isolated(code: str, timeout: float = 1800) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark step failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median_seconds(fn, repeat: int) -> float:
+    """Median wall time of fn() (its outputs awaited) over `repeat` calls, after one warm-up call."""
+    import jax
+    jax.block_until_ready(fn())  # compile / warm
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def stream_bandwidth(repeat: int) -> float:
+    """Bytes per second XLA reads in a sum over a 512 MiB array on the default device."""
+    import jax
+    import jax.numpy as jnp
+    data = jnp.ones((512 * 2**20 // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    return data.nbytes / median_seconds(lambda: total(data), repeat)

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _util import median_seconds, stream_bandwidth
 
 # Vendor HBM bandwidth, GB/s, by substring of jax's device_kind.
 HBM_PEAK_GBPS = {"H200": 4800, "H100": 3350, "A100": 2039, "TPU v6": 1640, "TPU v5p": 2765, "TPU v5": 819,
@@ -32,16 +31,6 @@ SHAPES = {"small": (8, 8, 2, 64, 1024, "float32"), "7b": (32, 28, 4, 128, 4096, 
           "0.5b": (64, 14, 2, 64, 4096, "bfloat16")}
 
 
-def median_seconds(fn, repeat: int) -> float:
-    jax.block_until_ready(fn())  # compile / warm
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def peak_gbps(args) -> tuple[float, str]:
     if args.peak_gbps:
         return args.peak_gbps, "--peak-gbps"
@@ -49,9 +38,7 @@ def peak_gbps(args) -> tuple[float, str]:
     for name, gbps in HBM_PEAK_GBPS.items():
         if name in kind:
             return gbps, f"{kind} HBM spec"
-    data = jnp.ones((512 * 2**20 // 4,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    return data.nbytes / median_seconds(lambda: total(data), args.repeat) / 1e9, f"{kind}: measured streaming read"
+    return stream_bandwidth(args.repeat) / 1e9, f"{kind}: measured streaming read"
 
 
 def native_impls() -> list[str]:

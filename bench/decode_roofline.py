@@ -16,28 +16,11 @@ Compare with the step time `bench/sampler.py` implies (its wall time / new token
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-def median_seconds(fn, repeat: int) -> float:
-    fn()  # compile / warm
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def stream_bandwidth(repeat: int) -> float:
-    data = jnp.ones((512 * 2**20 // 4,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    return data.nbytes / median_seconds(lambda: total(data).block_until_ready(), repeat)
+from _util import median_seconds, stream_bandwidth
 
 
 def matmul_bandwidth(weights: list[jax.Array], batch: int, form: str, repeat: int) -> float:
